@@ -42,6 +42,16 @@ class Trace:
         self._attention_grad.clear()
         self._qk.clear()
 
+    def cpu(self) -> "Trace":
+        """A float32 CPU copy, detached from any graph (what a UI session keeps)."""
+        move = lambda t: t.detach().float().cpu()  # noqa: E731
+        return Trace(layers=list(self.layers), cls_only=self.cls_only, grid=self.grid,
+                     logits=None if self.logits is None else move(self.logits),
+                     rotary=None if self.rotary is None else tuple(move(t) for t in self.rotary),
+                     _attention={i: move(t) for i, t in self._attention.items()},
+                     _attention_grad={i: move(t) for i, t in self._attention_grad.items()},
+                     _qk={i: {k: move(v) for k, v in r.items() if k != "pos_emb"} for i, r in self._qk.items()})
+
     def _stack(self, store: dict, what: str) -> torch.Tensor:
         missing = [i for i in self.layers if i not in store]
         if missing:

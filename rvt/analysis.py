@@ -1,0 +1,77 @@
+"""One model pass over one image, with everything the panels need, as CPU tensors.
+
+`analyze` is what the app caches per session and what the report CLI and benchmarks render:
+after it, every attention, rollout, statistics and rotary panel is a pure function of the
+`Analysis`, with no further model pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .capture import Trace, capture
+from .checkpoint import Bundle
+from .device import autocast
+from .grid import patch_grid
+from .intervene import intervene
+
+
+@dataclass
+class Analysis:
+    image: np.ndarray  # (H, W, 3) uint8: the model's view of the input, for overlays
+    input: torch.Tensor  # (1, C, H, W) normalised model input, on the CPU
+    probs: torch.Tensor  # (classes,)
+    trace: Trace  # CPU copy: attention (L, 1, H, N, N), rotary, q/k before and after rotation
+    labels: list[str]
+    patch_size: int
+    heads_off: dict[int, list[int]] = field(default_factory=dict)
+    rotary_off: list[int] = field(default_factory=list)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.trace.grid
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        values, indices = self.probs.topk(min(k, len(self.labels)))
+        return [(self.labels[i], float(v)) for v, i in zip(values, indices)]
+
+
+def display_image(unit: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    arr = (unit.clamp(0, 1) * 255).round().byte().numpy()
+    arr = np.repeat(arr, 3, axis=0) if arr.shape[0] == 1 else arr[:3]
+    return np.ascontiguousarray(arr.transpose(1, 2, 0))
+
+
+def prepare(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """PIL image -> (normalised (1, C, H, W) input, display image) at `size` (H, W)."""
+    size = size or bundle.preprocess.image_size
+    patch_grid(size, bundle.config.patch_size)  # raises with a clear message if not a multiple
+    unit = bundle.preprocess.to_unit(image, size)
+    return bundle.preprocess.normalize(unit)[None], display_image(unit)
+
+
+def analyze(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = None, *,
+            heads_off: dict[int, list[int]] | None = None, rotary_off: list[int] | None = None,
+            bf16: bool = False) -> Analysis:
+    x, shown = prepare(bundle, image, size)
+    model = bundle.model
+    with torch.inference_mode(), autocast(bundle.device, bf16), \
+            capture(model, qk=True) as trace, intervene(model, heads_off=heads_off, rotary_off=rotary_off):
+        logits = model(x.to(bundle.device))
+    return Analysis(image=shown, input=x, probs=logits.float().softmax(-1)[0].cpu(), trace=trace.cpu(),
+                    labels=bundle.labels, patch_size=bundle.config.patch_size,
+                    heads_off=dict(heads_off or {}), rotary_off=list(rotary_off or []))
+
+
+def attention_gradients(bundle: Bundle, analysis: Analysis, target: int) -> torch.Tensor:
+    """(L, 1, H, N, N) gradient of class `target`'s logit w.r.t. every attention map (one more pass)."""
+    x = analysis.input.detach().to(bundle.device, copy=True).requires_grad_(True)
+    with capture(bundle.model, grads=True) as trace, \
+            intervene(bundle.model, heads_off=analysis.heads_off, rotary_off=analysis.rotary_off):
+        logits = bundle.model(x)
+        logits[0, target].backward()
+    return trace.attention_grad.float().cpu()

@@ -1,0 +1,1 @@
+"""Pure panel functions: tensors in, images and figures out. No Gradio here."""

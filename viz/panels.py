@@ -1,0 +1,79 @@
+"""The explorer's panels for one `Analysis`, each a pure function returning a PIL image."""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from rvt.analysis import Analysis
+
+from .attention import heads_figure, model_view, query_maps, token_index
+from .predictions import predictions_figure
+from .render import figure_to_image, overlay, enlarge
+from .rollout import attention_rollout, cls_relevance, gradient_rollout
+from .rotary import bands_figure, kernel_figure, nyquist_figure
+from .stats import stats_figure
+
+from rvt.grid import tokens_to_grid
+
+
+def predictions_panel(analysis: Analysis, k: int = 5) -> Image.Image:
+    return figure_to_image(predictions_figure(analysis.top(k)))
+
+
+def heads_panel(analysis: Analysis, layer: int, query: tuple[int, int] | None = None,
+                shared_scale: bool = True) -> Image.Image:
+    """All heads of a layer: CLS attention, or the attention row of patch `query` (row, col)."""
+    grid = analysis.grid
+    index = 0 if query is None else token_index(*query, grid)
+    maps = query_maps(analysis.trace.attention, layer, grid, index)
+    what = "CLS token" if query is None else f"patch (row {query[0]}, col {query[1]})"
+    return figure_to_image(heads_figure(analysis.image, maps, f"layer {layer}: where {what} looks",
+                                        shared_scale, mark=query, grid=grid,
+                                        silenced=analysis.heads_off.get(layer)))
+
+
+def head_overlay(analysis: Analysis, layer: int, head: int, query: tuple[int, int] | None = None) -> Image.Image:
+    """One head's map as a plain enlarged overlay (cheap: no figure), for quick head switching."""
+    grid = analysis.grid
+    index = 0 if query is None else token_index(*query, grid)
+    maps = query_maps(analysis.trace.attention, layer, grid, index)
+    return Image.fromarray(enlarge(overlay(analysis.image, maps[head])))
+
+
+def model_panel(analysis: Analysis) -> Image.Image:
+    return figure_to_image(model_view(analysis.trace.attention, analysis.grid, analysis.trace.layers))
+
+
+def rollout_map(analysis: Analysis, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                gradients: torch.Tensor | None = None) -> torch.Tensor:
+    attention = analysis.trace.attention
+    rolled = (gradient_rollout(attention, gradients, discard_ratio) if gradients is not None
+              else attention_rollout(attention, head_fusion, discard_ratio))
+    return tokens_to_grid(cls_relevance(rolled), analysis.grid)
+
+
+def rollout_panel(analysis: Analysis, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                  gradients: torch.Tensor | None = None) -> Image.Image:
+    relevance = rollout_map(analysis, head_fusion, discard_ratio, gradients).numpy()
+    return Image.fromarray(enlarge(overlay(analysis.image, relevance)))
+
+
+def stats_panel(analysis: Analysis) -> Image.Image:
+    return figure_to_image(stats_figure(analysis.trace.attention, analysis.grid, analysis.patch_size))
+
+
+def bands_panel(analysis: Analysis) -> Image.Image:
+    sin, cos = analysis.trace.rotary
+    return figure_to_image(bands_figure(sin, cos, analysis.grid))
+
+
+def nyquist_panel(analysis: Analysis, scales: torch.Tensor, train_grid: tuple[int, int]) -> Image.Image:
+    return figure_to_image(nyquist_figure(scales, analysis.grid, train_grid))
+
+
+def kernel_panel(analysis: Analysis, layer: int, head: int, query: tuple[int, int]) -> Image.Image:
+    sin, cos = analysis.trace.rotary
+    qk = {name: analysis.trace.qk(name)[analysis.trace.layers.index(layer), 0, head]
+          for name in ("q", "k", "q_rot", "k_rot")}
+    return figure_to_image(kernel_figure(sin, cos, analysis.grid, query, qk,
+                                         f"layer {layer}, head {head}, query patch (row {query[0]}, col {query[1]})"))
