@@ -57,7 +57,15 @@ def prepare(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = N
 def analyze(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = None, *,
             heads_off: dict[int, list[int]] | None = None, rotary_off: list[int] | None = None,
             bf16: bool = False) -> Analysis:
+    """Preprocess `image` at `size` (H, W; default the training size) and run `analyze_input`."""
     x, shown = prepare(bundle, image, size)
+    return analyze_input(bundle, x, shown, heads_off=heads_off, rotary_off=rotary_off, bf16=bf16)
+
+
+def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
+                  heads_off: dict[int, list[int]] | None = None, rotary_off: list[int] | None = None,
+                  bf16: bool = False) -> Analysis:
+    """One captured forward pass of a prepared input x (1, C, H, W), optionally with interventions."""
     model = bundle.model
     with torch.inference_mode(), autocast(bundle.device, bf16), \
             capture(model, qk=True) as trace, intervene(model, heads_off=heads_off, rotary_off=rotary_off):

@@ -6,11 +6,12 @@ itself was made (items trimmed, longest side scaled to the frame, centred).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> the Pillow mode the model sees
@@ -98,3 +99,39 @@ class Preprocess:
     def __call__(self, image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
         """PIL image -> normalised (C, H, W) tensor at `size` (default: the training size)."""
         return self.normalize(self.to_unit(image, size))
+
+
+class ImageInputError(ValueError):
+    """An upload that is not a usable image; the message says what is accepted."""
+
+
+ACCEPTED = "accepted: a single still image (PNG, JPEG, WebP, BMP, TIFF, GIF) of at least {min_side}x{min_side} pixels and at most {mp} megapixels"
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 8
+
+
+def read_image(path, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> Image.Image:
+    """Decode an untrusted file with Pillow, refusing what cannot be a sensible model input."""
+    accepted = ACCEPTED.format(min_side=min_side, mp=max_pixels // 1_000_000)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageInputError(f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} "
+                                      f"megapixels), too large to decode safely; {accepted}")
+            if getattr(image, "n_frames", 1) > 1:
+                raise ImageInputError(f"the file is an animation with {image.n_frames} frames; {accepted}")
+            image.load()
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageInputError(f"refused as a decompression bomb ({e}); {accepted}") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"the file is not an image Pillow can read; {accepted}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageInputError(f"the image is damaged or truncated ({e}); {accepted}") from None
+    if min(image.size) < min_side:
+        raise ImageInputError(f"the image is only {image.size[0]}x{image.size[1]} pixels; {accepted}")
+    return image

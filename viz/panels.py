@@ -5,15 +5,14 @@ import torch
 from PIL import Image
 
 from rvt.analysis import Analysis
+from rvt.grid import tokens_to_grid
 
-from .attention import heads_figure, model_view, query_maps, token_index
+from .attention import heads_image, model_view, query_maps, token_index
 from .predictions import predictions_figure
-from .render import figure_to_image, overlay, enlarge
+from .render import enlarge, figure_to_image, overlay
 from .rollout import attention_rollout, cls_relevance, gradient_rollout
 from .rotary import bands_figure, kernel_figure, nyquist_figure
 from .stats import stats_figure
-
-from rvt.grid import tokens_to_grid
 
 
 def predictions_panel(analysis: Analysis, k: int = 5) -> Image.Image:
@@ -27,9 +26,8 @@ def heads_panel(analysis: Analysis, layer: int, query: tuple[int, int] | None = 
     index = 0 if query is None else token_index(*query, grid)
     maps = query_maps(analysis.trace.attention, layer, grid, index)
     what = "CLS token" if query is None else f"patch (row {query[0]}, col {query[1]})"
-    return figure_to_image(heads_figure(analysis.image, maps, f"layer {layer}: where {what} looks",
-                                        shared_scale, mark=query, grid=grid,
-                                        silenced=analysis.heads_off.get(layer)))
+    return heads_image(analysis.image, maps, f"layer {layer}: where {what} looks", shared_scale,
+                       mark=query, grid=grid, silenced=analysis.heads_off.get(layer))
 
 
 def head_overlay(analysis: Analysis, layer: int, head: int, query: tuple[int, int] | None = None) -> Image.Image:
@@ -41,7 +39,7 @@ def head_overlay(analysis: Analysis, layer: int, head: int, query: tuple[int, in
 
 
 def model_panel(analysis: Analysis) -> Image.Image:
-    return figure_to_image(model_view(analysis.trace.attention, analysis.grid, analysis.trace.layers))
+    return model_view(analysis.trace.attention, analysis.grid, analysis.trace.layers)
 
 
 def rollout_map(analysis: Analysis, head_fusion: str = "mean", discard_ratio: float = 0.0,
@@ -77,3 +75,10 @@ def kernel_panel(analysis: Analysis, layer: int, head: int, query: tuple[int, in
           for name in ("q", "k", "q_rot", "k_rot")}
     return figure_to_image(kernel_figure(sin, cos, analysis.grid, query, qk,
                                          f"layer {layer}, head {head}, query patch (row {query[0]}, col {query[1]})"))
+
+
+def default_panels(analysis: Analysis, layer: int | None = None, head: int = 0) -> dict[str, Image.Image]:
+    """What the explorer draws for a new image before any tab is opened."""
+    layer = analysis.trace.layers[-1] if layer is None else layer
+    return {"heads": heads_panel(analysis, layer), "head": head_overlay(analysis, layer, head),
+            "rollout": rollout_panel(analysis), "model": model_panel(analysis)}

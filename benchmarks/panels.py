@@ -1,0 +1,69 @@
+"""Panel rendering time for one image with the bundled model (or a same-sized random RvT).
+
+The default panel set is what the explorer draws for a new image; the other panels are drawn
+when their tab opens. Ratios are against the model's own analysis pass in the same process.
+`python benchmarks/panels.py [--repeats N]`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from common import interleaved_medians, print_table  # noqa: E402
+from rvt import Preprocess, RvT, RvTConfig, load_checkpoint, save_checkpoint  # noqa: E402
+from rvt.analysis import analyze  # noqa: E402
+from viz import panels  # noqa: E402
+
+CHECKPOINT = ROOT / "assets" / "rvt_fashion_mnist.safetensors"
+EXAMPLE = ROOT / "assets" / "examples"
+
+
+def bundle_and_image():
+    if CHECKPOINT.is_file():
+        bundle, source = load_checkpoint(CHECKPOINT, "cpu"), "bundled checkpoint"
+    else:
+        torch.manual_seed(0)
+        path = Path(tempfile.mkdtemp()) / "random.safetensors"
+        save_checkpoint(path, RvT.from_config(RvTConfig()), [str(i) for i in range(10)], Preprocess())
+        bundle, source = load_checkpoint(path, "cpu"), "random RvT of the bundled size"
+    examples = sorted(EXAMPLE.glob("*.png"))
+    image = Image.open(examples[0]) if examples else Image.new("L", (112, 112), 0)
+    return bundle, image, source
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    bundle, image, source = bundle_and_image()
+    analysis = analyze(bundle, image)
+    last = analysis.trace.layers[-1]
+    scales = bundle.model.transformer.pos_emb.scales
+    centre = (analysis.grid[0] // 2, analysis.grid[1] // 2)
+    timings = interleaved_medians({
+        "analysis pass (reference)": lambda: analyze(bundle, image),
+        "default panel set": lambda: panels.default_panels(analysis),
+        "head switch (one overlay)": lambda: panels.head_overlay(analysis, last, 1),
+        "query row, all heads": lambda: panels.heads_panel(analysis, last, centre),
+        "rollout": lambda: panels.rollout_panel(analysis),
+        "predictions chart": lambda: panels.predictions_panel(analysis),
+        "head statistics": lambda: panels.stats_panel(analysis),
+        "rotary bands": lambda: panels.bands_panel(analysis),
+        "rotary Nyquist": lambda: panels.nyquist_panel(analysis, scales, analysis.grid),
+        "rotary kernel": lambda: panels.kernel_panel(analysis, last, 0, centre),
+    }, args.repeats)
+    reference = timings["analysis pass (reference)"]
+    print(f"{source}, grid {analysis.grid}, torch threads {torch.get_num_threads()}, median of {args.repeats}")
+    print_table(["panel", "ms", "x analysis pass"],
+                [[name, f"{t * 1e3:.1f}", f"{t / reference:.2f}x"] for name, t in timings.items()])
+
+
+if __name__ == "__main__":
+    main()
