@@ -127,6 +127,10 @@ def build_app(bundle: Bundle) -> gr.Blocks:
     def layer_choices(b: Bundle):
         return b.config.depth - 1, b.config.heads - 1
 
+    def index_slider(last: int, value: int) -> gr.Slider:
+        # A slider needs minimum < maximum: a single layer or head is shown fixed instead.
+        return gr.Slider(maximum=max(1, last), value=value, interactive=last > 0)
+
     def class_choices(b: Bundle) -> list[tuple[str, int]]:
         return [(name, i) for i, name in enumerate(b.labels)]
 
@@ -184,7 +188,7 @@ def build_app(bundle: Bundle) -> gr.Blocks:
         size_slider = dict(minimum=p, maximum=max(8 * max(h, w), 4 * p), step=p)
         whatif_choices = [f"L{l}H{i}" for l in range(b.config.depth) for i in range(b.config.heads)]
         return (session, model_summary(b), gr.Slider(value=h, **size_slider), gr.Slider(value=w, **size_slider),
-                gr.Slider(maximum=max_layer, value=max_layer), gr.Slider(maximum=max_head, value=0),
+                index_slider(max_layer, max_layer), index_slider(max_head, 0),
                 gr.CheckboxGroup(choices=whatif_choices, value=[]),
                 gr.CheckboxGroup(choices=[f"layer {l}" for l in range(b.config.depth)], value=[]),
                 gr.Dropdown(choices=class_choices(b), value=None), gr.Dropdown(choices=class_choices(b), value=None))
@@ -288,7 +292,7 @@ def build_app(bundle: Bundle) -> gr.Blocks:
                     "model pass.")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = CheckedImage(sources=["upload", "clipboard", "webcam"], type="filepath", label="Image",
+                image = CheckedImage(sources=["upload", "clipboard", "webcam"], type="filepath", label="Image", elem_id="input-img",
                                      height=300)
                 if EXAMPLES:
                     gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Fashion-MNIST test images",
@@ -324,12 +328,14 @@ def build_app(bundle: Bundle) -> gr.Blocks:
                     with gr.Tab("Attention"):
                         gr.Markdown(EXPLAIN["attention"])
                         with gr.Row():
-                            layer = gr.Slider(0, c.depth - 1, value=c.depth - 1, step=1, label="layer")
-                            head = gr.Slider(0, c.heads - 1, value=0, step=1, label="head")
+                            layer = gr.Slider(0, max(1, c.depth - 1), value=c.depth - 1, step=1, label="layer",
+                                              interactive=c.depth > 1, elem_id="layer")
+                            head = gr.Slider(0, max(1, c.heads - 1), value=0, step=1, label="head",
+                                             interactive=c.heads > 1, elem_id="head")
                             shared = gr.Checkbox(value=True, label="one colour scale for all heads")
-                        heads_img = gr.Image(label="all heads of the layer", interactive=False, format="png", buttons=["download"])
+                        heads_img = gr.Image(label="all heads of the layer", elem_id="heads-img", interactive=False, format="png", buttons=["download"])
                         with gr.Row():
-                            head_img = gr.Image(label="one head: click a patch to use it as the query",
+                            head_img = gr.Image(label="one head: click a patch to use it as the query", elem_id="head-img",
                                                 interactive=False, format="png", height=300)
                             model_img = gr.Image(label="whole model", interactive=False, format="png", height=300)
                         with gr.Row():
@@ -396,9 +402,10 @@ def build_app(bundle: Bundle) -> gr.Blocks:
                    api_name="load_model").then(
             predict, analysis_inputs, [label, session], api_name="load_model_predict").then(
             render_layer, [layer, head, shared, session], layer_outputs, api_name="load_model_panels")
-        layer.release(render_layer, [layer, head, shared, session], layer_outputs, api_name="layer")
+        layer.change(render_layer, [layer, head, shared, session], layer_outputs, api_name="layer",
+                     trigger_mode="always_last")
         shared.change(render_layer, [layer, head, shared, session], layer_outputs, api_name="shared_scale")
-        head.release(render_head, [layer, head, session], head_img, api_name="head")
+        head.change(render_head, [layer, head, session], head_img, api_name="head", trigger_mode="always_last")
         head_img.select(pick_query, [layer, head, shared, session], [*layer_outputs, query_info, session],
                         api_name="pick_query")
         reset.click(reset_query, [layer, head, shared, session], [*layer_outputs, query_info, session],
