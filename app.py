@@ -3,7 +3,6 @@
 `python app.py` serves the explorer on 127.0.0.1:7860 with the bundled Fashion-MNIST checkpoint.
 This file is UI wiring: the model work is in `rvt/`, every picture comes from `viz/`.
 """
-from __future__ import annotations
 
 import os
 
@@ -333,11 +332,11 @@ def build_app(bundle: Bundle) -> gr.Blocks:
                             head = gr.Slider(0, max(1, c.heads - 1), value=0, step=1, label="head",
                                              interactive=c.heads > 1, elem_id="head")
                             shared = gr.Checkbox(value=True, label="one colour scale for all heads")
-                        heads_img = gr.Image(label="all heads of the layer", elem_id="heads-img", interactive=False, format="png", buttons=["download"])
+                        heads_img = gr.Image(label="all heads of the layer", show_label=False, elem_id="heads-img", interactive=False, format="png", buttons=["download"])
                         with gr.Row():
                             head_img = gr.Image(label="one head: click a patch to use it as the query", elem_id="head-img",
                                                 interactive=False, format="png", height=300)
-                            model_img = gr.Image(label="whole model", interactive=False, format="png", height=300)
+                            model_img = gr.Image(label="whole model", show_label=False, interactive=False, format="png", height=300)
                         with gr.Row():
                             query_info = gr.Markdown("Query: CLS token")
                             reset = gr.Button("Reset query to CLS", size="sm")
