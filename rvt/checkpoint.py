@@ -62,12 +62,13 @@ def save_checkpoint(path: str | Path, model: RvT, labels: list[str], preprocess:
 def _sniff(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(9)
+    # safetensors first: its 8-byte little-endian header length can start with 0x80, a pickle's opcode.
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
     if head[:4] == b"PK\x03\x04":
         return "torch-zip"
     if head[:1] == b"\x80":
         return "torch-legacy"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
     return "unknown"
 
 

@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (resume later to finish the schedule)")
     defaults = RvTConfig()
     for f in fields(RvTConfig):
         if f.name in ("num_classes", "channels"):
@@ -169,6 +170,8 @@ def train(args) -> Path:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
                     "epoch": epoch, "best_acc": best_acc}, last)
+        if args.stop_after_epoch and epoch + 1 >= args.stop_after_epoch:
+            break
     return args.out / "best.safetensors"
 
 
