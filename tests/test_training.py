@@ -179,5 +179,5 @@ def test_bundled_model_reads_the_example_images():
     for path in examples:
         with Image.open(path) as image:
             logits = bundle.model(bundle.preprocess(image)[None])
-        right += bundle.labels[int(logits.argmax())] in path.stem.replace("_", "/")
+        right += int(logits.argmax()) == int(path.stem.split("_")[0])  # names start with the class index
     assert right >= 8
