@@ -112,8 +112,8 @@ def user_errors(fn):
     return wrapper
 
 
-def build_app(bundle: Bundle) -> gr.Blocks:
-    """The explorer around one shared, read-only model `bundle`."""
+def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
+    """The explorer around one shared, read-only model `bundle` (bf16: autocast on CUDA)."""
 
     def current(session: Session) -> Bundle:
         return session.bundle or bundle
@@ -151,7 +151,7 @@ def build_app(bundle: Bundle) -> gr.Blocks:
             raise gr.Error("No image given. Upload, paste or take a picture, or pick an example.")
         b = current(session)
         image = read_image(path)
-        session.analysis = analyze(b, image, (int(height), int(width)))
+        session.analysis = analyze(b, image, (int(height), int(width)), bf16=bf16)
         session.whatif, session.gradients, session.query = None, {}, None
         return {name: p for name, p in session.analysis.top(5)}, session
 
@@ -263,7 +263,7 @@ def build_app(bundle: Bundle) -> gr.Blocks:
         layers = [int(item.split()[-1]) for item in rotary_off or []]
         if not off and not layers:
             raise gr.Error("Choose at least one head or one layer to switch off.")
-        session.whatif = analyze_input(current(session), a.input, a.image, heads_off=off, rotary_off=layers)
+        session.whatif = analyze_input(current(session), a.input, a.image, heads_off=off, rotary_off=layers, bf16=bf16)
         before, after = dict(a.top(5)), dict(session.whatif.top(5))
         lines = ["| class | before | after | change |", "|---|---|---|---|"]
         for name in dict.fromkeys([*before, *after]):
@@ -443,9 +443,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env("RVT_PORT", "7860")))
     p.add_argument("--checkpoint", type=Path, default=Path(env("RVT_CHECKPOINT", str(DEFAULT_CHECKPOINT))))
     p.add_argument("--device", default=env("RVT_DEVICE", "auto"), help=f"one of {', '.join(DEVICE_CHOICES)}")
+    p.add_argument("--bf16", action="store_true", default=env("RVT_BF16", "") == "1",
+                   help="bf16 autocast for the model pass on CUDA (ignored elsewhere)")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
-    launch(build_app(load_checkpoint(args.checkpoint, pick_device(args.device))), args.host, args.port)
+    launch(build_app(load_checkpoint(args.checkpoint, pick_device(args.device)), args.bf16), args.host, args.port)

@@ -55,10 +55,11 @@ def test_upload_switch_head_and_screenshot(tmp_path):
             slider.press("ArrowRight")
             expect(head_img).not_to_have_attribute("src", before, timeout=30_000)
             # Click a patch of the single-head view: the query switches from CLS to that patch.
+            before = head_img.get_attribute("src")
             head_img.click()  # the centre patch (the element is letterboxed: clicks off the picture do nothing)
             expect(page.get_by_text("Query patch: row")).to_be_visible(timeout=30_000)
-            page.wait_for_load_state("networkidle")
-            page.wait_for_timeout(500)  # let the new images fade in before the screenshot
+            expect(head_img).not_to_have_attribute("src", before, timeout=30_000)
+            page.wait_for_timeout(800)  # let the new images fade in before the screenshot
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
             assert hosts <= {"127.0.0.1", "localhost"}, f"the page fetched from elsewhere: {hosts}"

@@ -8,6 +8,7 @@ from rvt.analysis import Analysis
 from rvt.grid import tokens_to_grid
 
 from .attention import heads_image, model_view, query_maps, token_index
+from .mosaic import mark_patch
 from .predictions import predictions_figure
 from .render import enlarge, figure_to_image, overlay
 from .rollout import attention_rollout, cls_relevance, gradient_rollout
@@ -35,7 +36,8 @@ def head_overlay(analysis: Analysis, layer: int, head: int, query: tuple[int, in
     grid = analysis.grid
     index = 0 if query is None else token_index(*query, grid)
     maps = query_maps(analysis.trace.attention, layer, grid, index)
-    return Image.fromarray(enlarge(overlay(analysis.image, maps[head])))
+    shown = enlarge(overlay(analysis.image, maps[head]))
+    return Image.fromarray(shown if query is None else mark_patch(shown, query, grid))
 
 
 def model_panel(analysis: Analysis) -> Image.Image:
