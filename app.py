@@ -78,19 +78,26 @@ class Session:
     query: tuple[int, int] | None = None  # patch picked by clicking; None = CLS
 
 
-class CheckedImage(gr.Image):
-    """gr.Image whose decoding failures reach the user as a message, not a stack trace."""
+def checked_image(**kwargs) -> gr.Image:
+    """A gr.Image whose decoding failures reach the user as a message, not a stack trace.
 
-    is_template = True  # rendered by the stock Image front end
+    The instance's preprocess is wrapped rather than subclassing gr.Image: a Component subclass makes
+    Gradio write a type-stub file next to this module at import time.
+    """
+    image = gr.Image(**kwargs)
+    decode = image.preprocess
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return decode(payload)
         except gr.Error:
             raise
         except Exception as e:  # Pillow raises many types for hostile files; all mean "not an image"
             raise gr.Error(f"Could not read the upload as an image ({type(e).__name__}). Accepted: a single "
                            f"still PNG, JPEG, WebP, BMP, TIFF or GIF image.") from None
+
+    image.preprocess = preprocess
+    return image
 
 
 def user_errors(fn):
@@ -291,7 +298,7 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                     "model pass.")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                image = CheckedImage(sources=["upload", "clipboard", "webcam"], type="filepath", label="Image", elem_id="input-img",
+                image = checked_image(sources=["upload", "clipboard", "webcam"], type="filepath", label="Image", elem_id="input-img",
                                      height=300)
                 if EXAMPLES:
                     gr.Examples([[str(p)] for p in EXAMPLES], inputs=[image], label="Fashion-MNIST test images",
