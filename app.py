@@ -355,17 +355,17 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                             target = gr.Dropdown(class_choices(bundle), value=None,
                                                  label="class for gradient rollout")
                         with gr.Row():
-                            rollout_img = gr.Image(label="attention rollout (CLS)", interactive=False, format="png")
-                            grad_img = gr.Image(label="gradient rollout for the class", interactive=False, format="png")
+                            rollout_img = gr.Image(label="attention rollout (CLS)", elem_id="rollout-img", interactive=False, format="png")
+                            grad_img = gr.Image(label="gradient rollout (choose a class above)", interactive=False, format="png")
                     with gr.Tab("Head statistics") as stats_tab:
                         gr.Markdown(EXPLAIN["stats"])
-                        stats_img = gr.Image(label="head statistics", interactive=False, format="png")
+                        stats_img = gr.Image(label="head statistics", show_label=False, elem_id="stats-img", interactive=False, format="png")
                     with gr.Tab("Rotary") as rotary_tab:
                         gr.Markdown(EXPLAIN["rotary"])
-                        kernel_img = gr.Image(label="relative-position kernel (layer and head from the attention tab)",
+                        kernel_img = gr.Image(label="relative-position kernel (layer and head from the attention tab)", show_label=False, elem_id="kernel-img",
                                               interactive=False, format="png")
-                        nyquist_img = gr.Image(label="phase step per patch vs Nyquist", interactive=False, format="png")
-                        bands_img = gr.Image(label="frequency bands over the grid", interactive=False, format="png")
+                        nyquist_img = gr.Image(label="phase step per patch vs Nyquist", show_label=False, interactive=False, format="png")
+                        bands_img = gr.Image(label="frequency bands over the grid", show_label=False, interactive=False, format="png")
                     with gr.Tab("Attributions"):
                         gr.Markdown(EXPLAIN["attributions"])
                         with gr.Row():
@@ -375,7 +375,7 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                             attr_target = gr.Dropdown(class_choices(bundle), value=None,
                                                       label="class (default: predicted)")
                         attr_btn = gr.Button("Compute attribution", variant="primary")
-                        attr_img = gr.Image(label="attribution", interactive=False, format="png")
+                        attr_img = gr.Image(label="attribution", show_label=False, elem_id="attr-img", interactive=False, format="png")
                     with gr.Tab("What-if"):
                         gr.Markdown(EXPLAIN["whatif"])
                         heads_off = gr.CheckboxGroup([f"L{l}H{i}" for l in range(c.depth) for i in range(c.heads)],

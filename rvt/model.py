@@ -16,7 +16,7 @@ from einops.layers.torch import Rearrange
 from torch import nn
 
 from .grid import features_to_map, map_to_features, patch_grid
-from .rotary import AxialRotaryEmbedding, apply_rotary
+from .rotary import AxialRotaryEmbedding, rotate_tokens
 
 
 @dataclass
@@ -125,8 +125,7 @@ class Attention(nn.Module):
 
         if self.use_rotary:
             sin, cos = pos_emb  # (N-1, rot_dim) each, CLS excluded
-            q = torch.cat((q[:, :, :1], apply_rotary(q[:, :, 1:], sin, cos)), dim=2)
-            k = torch.cat((k[:, :, :1], apply_rotary(k[:, :, 1:], sin, cos)), dim=2)
+            q, k = rotate_tokens(q, sin, cos), rotate_tokens(k, sin, cos)
 
         if self.fused:
             p = self.dropout.p if self.training else 0.0

@@ -62,6 +62,17 @@ def test_upload_switch_head_and_screenshot(tmp_path):
             page.wait_for_timeout(800)  # let the new images fade in before the screenshot
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
+            # Every other tab draws its panels from the same cached pass.
+            for tab, element, action in (("Rollout", "#rollout-img img", None),
+                                         ("Head statistics", "#stats-img img", None),
+                                         ("Rotary", "#kernel-img img", None),
+                                         ("Attributions", "#attr-img img", "Compute attribution")):
+                page.get_by_role("tab", name=tab).click()
+                if action:
+                    page.get_by_role("button", name=action).click()
+                expect(page.locator(element)).to_be_visible(timeout=60_000)
+                page.wait_for_timeout(800)
+                page.screenshot(path=str(ARTIFACTS / f"tab-{tab.split()[0].lower()}.png"), full_page=True)
             assert hosts <= {"127.0.0.1", "localhost"}, f"the page fetched from elsewhere: {hosts}"
         finally:
             browser.close()

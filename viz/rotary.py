@@ -77,7 +77,7 @@ def nyquist_figure(scales: torch.Tensor, grid: tuple[int, int], train_grid: tupl
                        label=f"at training grid ({n_train})", zorder=3)
             ax.legend(fontsize=8)
         ax.axhline(pi, color="black", linestyle="--", linewidth=1)
-        ax.text(bands[-1], pi, " pi (Nyquist)", va="bottom", ha="right", fontsize=8)
+        ax.text(-0.4, pi, "pi (Nyquist)", va="bottom", ha="left", fontsize=8)
         ax.set_xlabel("band")
         ax.set_title(f"{axis}: {n} patches, {(steps > pi).sum()} of {len(steps)} bands alias (red)", fontsize=9)
     axes[0].set_ylabel("phase step between neighbours (rad)")
@@ -90,15 +90,15 @@ def kernel_figure(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], q
     (N, d) incl. CLS), the real scores q.k without and with rotation and their difference."""
     h, w = grid
     index = query[0] * w + query[1]
-    panels = [("rotary alone: cos of angle difference", tokens_to_grid(rotary_kernel(sin, cos, index), grid), "RdBu_r", True)]
+    panels = [("rotary alone: cos(angle diff.)", tokens_to_grid(rotary_kernel(sin, cos, index), grid), "RdBu_r", True)]
     if qk is not None:
         scale = qk["q"].shape[-1] ** -0.5
         plain = (qk["k"][1:] @ qk["q"][1 + index]) * scale
         rotated = (qk["k_rot"][1:] @ qk["q_rot"][1 + index]) * scale
         panels += [("q.k without rotation", tokens_to_grid(plain, grid), "viridis", False),
-                   ("q.k with rotation (what the model uses)", tokens_to_grid(rotated, grid), "viridis", False),
+                   ("q.k with rotation (used)", tokens_to_grid(rotated, grid), "viridis", False),
                    ("change due to rotary", tokens_to_grid(rotated - plain, grid), "RdBu_r", True)]
-    fig = new_figure(3.0 * len(panels), 3.3)
+    fig = new_figure(3.3 * len(panels), 3.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, values, cmap, symmetric) in zip(axes, panels):
         values = values.numpy()
