@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FASHION_MNIST_LABELS, load_fashion_mnist, load_image_folder
 from .device import pick_device
 from .model import RvT, RvTConfig
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", type=Path, help="start from the weights of this checkpoint (fine-tuning; fresh optimiser)")
     p.add_argument("--stop-after-epoch", type=int, help="stop after this epoch (resume later to finish the schedule)")
     defaults = RvTConfig()
     for f in fields(RvTConfig):
@@ -116,6 +117,11 @@ def train(args) -> Path:
                           if f.name not in ("num_classes", "channels")},
                        num_classes=len(classes), channels=images.shape[1])
     model = RvT.from_config(config).to(device)
+    if args.init:
+        start = load_checkpoint(args.init, "cpu")
+        if start.config != config:
+            raise SystemExit(f"--init: {args.init} has config {start.config}, this run asks for {config}")
+        model.load_state_dict(start.model.state_dict())
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n == "cls_token"]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "cls_token"]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},

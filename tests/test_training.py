@@ -102,6 +102,20 @@ def test_resume_matches_an_uninterrupted_run(tiny_fmnist, tmp_path):
         train_main(["--data-root", str(tiny_fmnist), "--out", str(tmp_path / "nothing"), *TINY, "--resume"])
 
 
+def test_fine_tuning_starts_from_a_checkpoint(tiny_fmnist, tmp_path):
+    run(tiny_fmnist, tmp_path / "base", "--epochs", "2")
+    base = load_checkpoint(tmp_path / "base" / "best.safetensors", "cpu")
+    log = run(tiny_fmnist, tmp_path / "tuned", "--epochs", "1", "--lr", "0", "--init",
+              str(tmp_path / "base" / "best.safetensors"))
+    tuned = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(tuned[k], v) for k, v in base.model.state_dict().items())  # lr 0: unchanged
+    base_log = [json.loads(line) for line in (tmp_path / "base" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["val_acc"] == pytest.approx(max(r["val_acc"] for r in base_log))  # best.safetensors
+    with pytest.raises(SystemExit, match="--init: .* has config"):
+        run(tiny_fmnist, tmp_path / "other", "--epochs", "1", "--dim", "24", "--init",
+            str(tmp_path / "base" / "best.safetensors"))
+
+
 def test_evaluate_cli(tiny_fmnist, tmp_path, capsys):
     from rvt.evaluate import main as evaluate_main
     run(tiny_fmnist, tmp_path / "run", "--epochs", "2")
