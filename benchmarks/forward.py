@@ -41,7 +41,7 @@ def main() -> None:
         for batch in args.batches:
             x = torch.randn(batch, config["channels"], config["image_size"], config["image_size"], device=device)
 
-            def run(model, captured=False):
+            def run(model, captured=False, x=x):
                 def call():
                     with torch.inference_mode():
                         if captured:

@@ -1,5 +1,4 @@
 import io
-import pickle
 import zipfile
 
 import numpy as np

@@ -1,8 +1,6 @@
 """The explorer in a real browser: Debian's Chromium driven by Playwright."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 

@@ -108,7 +108,7 @@ def test_silencing_heads_zeroes_their_contribution(twin):
     for model in (ref, ours):
         block = model.transformer.layers[1][0]
         seen = []
-        handle = block.to_out.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        handle = block.to_out.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
         try:
             with torch.no_grad(), intervene(model, heads_off={1: [0]}):
                 changed = model(x)
