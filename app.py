@@ -12,6 +12,7 @@ import argparse
 import functools
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +74,6 @@ class Session:
 
     bundle: Bundle | None = None  # None: the shared, read-only bundled model
     analysis: Analysis | None = None
-    whatif: Analysis | None = None
     gradients: dict[int, torch.Tensor] = field(default_factory=dict)  # class -> attention gradients
     query: tuple[int, int] | None = None  # patch picked by clicking; None = CLS
 
@@ -121,6 +121,10 @@ def user_errors(fn):
 
 def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
     """The explorer around one shared, read-only model `bundle` (bf16: autocast on CUDA)."""
+    # Captures and interventions hook the model's modules for the length of one call; two requests
+    # running one model at once would see each other's hooks, so model passes take turns. Rendering
+    # from a cached analysis needs no lock and runs concurrently.
+    model_lock = threading.Lock()
 
     def current(session: Session) -> Bundle:
         return session.bundle or bundle
@@ -158,8 +162,9 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
             raise gr.Error("No image given. Upload, paste or take a picture, or pick an example.")
         b = current(session)
         image = read_image(path)
-        session.analysis = analyze(b, image, (int(height), int(width)), bf16=bf16)
-        session.whatif, session.gradients, session.query = None, {}, None
+        with model_lock:
+            session.analysis = analyze(b, image, (int(height), int(width)), bf16=bf16)
+        session.gradients, session.query = {}, None
         return {name: p for name, p in session.analysis.top(5)}, session
 
     @user_errors
@@ -233,7 +238,8 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
             return plain, None
         target = int(target)
         if target not in session.gradients:  # one backward pass per class, then cached
-            session.gradients[target] = attention_gradients(current(session), a, target)
+            with model_lock:
+                session.gradients[target] = attention_gradients(current(session), a, target)
         return plain, panels.rollout_panel(a, fusion, float(discard), session.gradients[target])
 
     @user_errors
@@ -255,8 +261,9 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
         b = current(session)
         target = int(a.probs.argmax()) if target is None else int(target)
         progress(0.0, desc=f"{method}")
-        attr = attribute(b.model, a.input.to(b.device), target, method, int(steps), bool(smooth),
-                         progress=lambda f: progress(f, desc=method))
+        with model_lock:
+            attr = attribute(b.model, a.input.to(b.device), target, method, int(steps), bool(smooth),
+                             progress=lambda f: progress(f, desc=method))
         title = f"{method}{' + SmoothGrad' if smooth else ''} for '{a.labels[target]}'"
         return figure_to_image(attribution_figure(a.image, attr.cpu(), title))
 
@@ -270,21 +277,23 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
         layers = [int(item.split()[-1]) for item in rotary_off or []]
         if not off and not layers:
             raise gr.Error("Choose at least one head or one layer to switch off.")
-        session.whatif = analyze_input(current(session), a.input, a.image, heads_off=off, rotary_off=layers, bf16=bf16)
-        before, after = dict(a.top(5)), dict(session.whatif.top(5))
+        with model_lock:
+            whatif = analyze_input(current(session), a.input, a.image, heads_off=off, rotary_off=layers, bf16=bf16)
+        before, after = dict(a.top(5)), dict(whatif.top(5))
         lines = ["| class | before | after | change |", "|---|---|---|---|"]
         for name in dict.fromkeys([*before, *after]):
             p0 = float(a.probs[a.labels.index(name)])
-            p1 = float(session.whatif.probs[a.labels.index(name)])
+            p1 = float(whatif.probs[a.labels.index(name)])
             lines.append(f"| {name} | {p0:.1%} | {p1:.1%} | {p1 - p0:+.1%} |")
         return (after, "\n".join(lines), panels.heads_panel(a, int(layer)),
-                panels.heads_panel(session.whatif, int(layer)))
+                panels.heads_panel(whatif, int(layer)))
 
     @user_errors
     def export(session, progress=gr.Progress()):
         a = need_analysis(session)
         folder = Path(tempfile.mkdtemp(prefix="rvt-lens-"))
-        write_report(a, current(session), folder / "report", progress=lambda f, what: progress(f, desc=what))
+        with model_lock:
+            write_report(a, current(session), folder / "report", progress=lambda f, what: progress(f, desc=what))
         return shutil.make_archive(str(folder / "rvt-lens-report"), "zip", folder / "report")
 
     # ---- layout ---------------------------------------------------------------------------------------

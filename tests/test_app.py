@@ -1,4 +1,5 @@
 import io
+import time
 import zipfile
 
 import numpy as np
@@ -174,3 +175,31 @@ def test_oom_is_reported_not_fatal(monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     with pytest.raises(app.gr.Error, match="ran out of memory"):
         app.user_errors(boom)()
+
+
+def test_concurrent_users_do_not_see_each_others_interventions(server, images):
+    """One user silencing every head must not change another user's prediction on the shared model."""
+    import concurrent.futures
+
+    observer, meddler = Client(server[0], verbose=False), Client(server[0], verbose=False)
+    expected = predict(observer, images / "garment.png")
+    predict(meddler, images / "garment.png")
+    everything = [f"L{l}H{h}" for l in range(3) for h in range(2)]
+
+    def meddle():
+        for _ in range(6):
+            meddler.predict(everything, ["layer 0", "layer 1", "layer 2"], 0, api_name="/whatif")
+
+    def observe():
+        return [predict(observer, images / "garment.png") for _ in range(6)]
+
+    # Slow every forward down so that, unless passes take turns, the two users' passes overlap.
+    slow = server[1].model.register_forward_pre_hook(lambda *a: time.sleep(0.05))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            meddling = pool.submit(meddle)
+            seen = pool.submit(observe).result()
+            meddling.result()
+    finally:
+        slow.remove()
+    assert all(r["confidences"] == expected["confidences"] for r in seen)
