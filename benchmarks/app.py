@@ -1,8 +1,10 @@
 """End-to-end latency through gradio_client against a launched explorer (bundled model).
 
 Full analysis = /predict (the one model pass) + /predict_panels + /predict_rollout, i.e. what an upload
-triggers; head switch = /head (re-render from the session cache). Prints p50/p95 and, as the in-process
-reference, the bare model forward on the same input.
+triggers; head switch = /head (re-render from the session cache). Each is timed twice: through
+gradio_client, and as plain HTTP calls to Gradio's /gradio_api/call/ routes in the same session (what a
+browser or another HTTP client pays; gradio_client adds its own 50 ms polling sleeps). Prints p50/p95
+and, as the in-process reference, the bare model forward on the same input.
 `python benchmarks/app.py [--repeats N]`.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 from app_server import serve  # noqa: E402
 from common import print_table  # noqa: E402
+import httpx  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -56,8 +59,30 @@ def main() -> None:
             with torch.inference_mode():
                 bundle.model(x)
 
+        http = httpx.Client(timeout=60)
+        uploaded = http.post(f"{url}gradio_api/upload", files={"files": EXAMPLE.open("rb")}).json()[0]
+        file_data = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
+
+        def call(name, data):
+            event = http.post(f"{url}gradio_api/call/{name}", json={"data": data, "session_hash": client.session_hash})
+            with http.stream("GET", f"{url}gradio_api/call/{name}/{event.json()['event_id']}") as stream:
+                reply = "".join(stream.iter_text())
+            if "event: complete" not in reply:
+                raise RuntimeError(f"/{name} failed: {reply[:300]}")
+
+        def http_analysis():
+            call("predict", [file_data, h, w])
+            call("predict_panels", [depth - 1, 0, True])
+            call("predict_rollout", ["mean", 0.0, None])
+
+        def http_head_switch(i=[0]):  # noqa: B006
+            i[0] += 1
+            call("head", [depth - 1, i[0] % heads])
+
         rows = []
-        for name, fn in (("model forward (reference)", forward), ("full analysis", analysis), ("head switch", head_switch)):
+        for name, fn in (("model forward (reference)", forward), ("full analysis, gradio_client", analysis),
+                         ("head switch, gradio_client", head_switch), ("full analysis, HTTP", http_analysis),
+                         ("head switch, HTTP", http_head_switch)):
             fn()  # warm-up
             samples = []
             for _ in range(args.repeats):
