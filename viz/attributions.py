@@ -42,6 +42,7 @@ def attribute(model: torch.nn.Module, x: torch.Tensor, target: int, method: str 
         raise ValueError(f"expected one image (1, C, H, W), got {tuple(x.shape)}")
     if not 1 <= steps <= 512:
         raise ValueError(f"steps must be between 1 and 512, not {steps}")
+    x = x.detach().clone().requires_grad_(True)  # attributions are w.r.t. this input, never the caller's tensor
     return _attribute(model, x, target, method, steps, noise_tunnel, batch_size, progress)
 
 
