@@ -395,10 +395,10 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                         with gr.Row():
                             whatif_label = gr.Label(num_top_classes=5, label="prediction after")
                             whatif_table = gr.Markdown()
-                        with gr.Row():
-                            before_img = gr.Image(label="attention before (layer from the attention tab)",
-                                                  interactive=False, format="png")
-                            after_img = gr.Image(label="attention after", interactive=False, format="png")
+                        gr.Markdown("Attention before (layer from the attention tab):")
+                        before_img = gr.Image(show_label=False, interactive=False, format="png")
+                        gr.Markdown("Attention after:")
+                        after_img = gr.Image(show_label=False, interactive=False, format="png")
                     with gr.Tab("Export"):
                         gr.Markdown(EXPLAIN["export"])
                         export_btn = gr.Button("Build the zip")
