@@ -137,9 +137,20 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
     def layer_choices(b: Bundle):
         return b.config.depth - 1, b.config.heads - 1
 
-    def index_slider(last: int, value: int) -> gr.Slider:
+    def index_slider(last: int, value: int, **kwargs) -> gr.Slider:
         # A slider needs minimum < maximum: a single layer or head is shown fixed instead.
-        return gr.Slider(maximum=max(1, last), value=value, interactive=last > 0)
+        return gr.Slider(minimum=0, maximum=max(1, last), value=value, step=1, interactive=last > 0, **kwargs)
+
+    def size_range(b: Bundle) -> dict:
+        """Inference-resolution slider range: patch-size steps up to 8x the training size."""
+        p, (h, w) = b.config.patch_size, b.preprocess.image_size
+        return dict(minimum=p, maximum=max(8 * max(h, w), 4 * p), step=p)
+
+    def head_names(b: Bundle) -> list[str]:
+        return [f"L{l}H{i}" for l in range(b.config.depth) for i in range(b.config.heads)]
+
+    def layer_names(b: Bundle) -> list[str]:
+        return [f"layer {l}" for l in range(b.config.depth)]
 
     def class_choices(b: Bundle) -> list[tuple[str, int]]:
         return [(name, i) for i, name in enumerate(b.labels)]
@@ -195,13 +206,10 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                                                                 "attention and rotary show the architecture"])
         b = current(session)
         max_layer, max_head = layer_choices(b)
-        p, (h, w) = b.config.patch_size, b.preprocess.image_size
-        size_slider = dict(minimum=p, maximum=max(8 * max(h, w), 4 * p), step=p)
-        whatif_choices = [f"L{l}H{i}" for l in range(b.config.depth) for i in range(b.config.heads)]
-        return (session, model_summary(b), gr.Slider(value=h, **size_slider), gr.Slider(value=w, **size_slider),
+        h, w = b.preprocess.image_size
+        return (session, model_summary(b), gr.Slider(value=h, **size_range(b)), gr.Slider(value=w, **size_range(b)),
                 index_slider(max_layer, max_layer), index_slider(max_head, 0),
-                gr.CheckboxGroup(choices=whatif_choices, value=[]),
-                gr.CheckboxGroup(choices=[f"layer {l}" for l in range(b.config.depth)], value=[]),
+                gr.CheckboxGroup(choices=head_names(b), value=[]), gr.CheckboxGroup(choices=layer_names(b), value=[]),
                 gr.Dropdown(choices=class_choices(b), value=None), gr.Dropdown(choices=class_choices(b), value=None))
 
     # ---- renderers: no model pass -------------------------------------------------------------------
@@ -251,8 +259,7 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
         a = need_analysis(session)
         b = current(session)
         query = session.query or (a.grid[0] // 2, a.grid[1] // 2)
-        train_grid = tuple(s // b.config.patch_size for s in b.preprocess.image_size)
-        return (panels.bands_panel(a), panels.nyquist_panel(a, b.model.transformer.pos_emb.scales.cpu(), train_grid),
+        return (panels.bands_panel(a), panels.nyquist_panel(a, b.rotary_scales, b.train_grid),
                 panels.kernel_panel(a, int(layer), int(head), query))
 
     @user_errors
@@ -298,7 +305,6 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
 
     # ---- layout ---------------------------------------------------------------------------------------
 
-    c = bundle.config
     h0, w0 = bundle.preprocess.image_size
     with gr.Blocks(title="RvT Lens") as demo:
         session = gr.State(None)
@@ -316,9 +322,8 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                 with gr.Accordion("Inference resolution", open=False):
                     gr.Markdown("Rotary embeddings have no fixed table, so the same model runs at other sizes "
                                 "(multiples of the patch size, non-square too).")
-                    size_kw = dict(minimum=c.patch_size, maximum=8 * max(h0, w0), step=c.patch_size)
-                    height = gr.Slider(value=h0, label="height (px)", **size_kw)
-                    width = gr.Slider(value=w0, label="width (px)", **size_kw)
+                    height = gr.Slider(value=h0, label="height (px)", **size_range(bundle))
+                    width = gr.Slider(value=w0, label="width (px)", **size_range(bundle))
                 with gr.Accordion("Model", open=False):
                     model_info = gr.Markdown(model_summary(bundle))
                     source = gr.Radio([BUNDLED, UPLOADED, RANDOM], value=BUNDLED, label="model")
@@ -343,10 +348,9 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                     with gr.Tab("Attention"):
                         gr.Markdown(EXPLAIN["attention"])
                         with gr.Row():
-                            layer = gr.Slider(0, max(1, c.depth - 1), value=c.depth - 1, step=1, label="layer",
-                                              interactive=c.depth > 1, elem_id="layer")
-                            head = gr.Slider(0, max(1, c.heads - 1), value=0, step=1, label="head",
-                                             interactive=c.heads > 1, elem_id="head")
+                            max_layer, max_head = layer_choices(bundle)
+                            layer = index_slider(max_layer, max_layer, label="layer", elem_id="layer")
+                            head = index_slider(max_head, 0, label="head", elem_id="head")
                             shared = gr.Checkbox(value=True, label="one colour scale for all heads")
                         heads_img = gr.Image(label="all heads of the layer", show_label=False, elem_id="heads-img", interactive=False, format="png", buttons=["download"])
                         with gr.Row():
@@ -387,10 +391,8 @@ def build_app(bundle: Bundle, bf16: bool = False) -> gr.Blocks:
                         attr_img = gr.Image(label="attribution", show_label=False, elem_id="attr-img", interactive=False, format="png")
                     with gr.Tab("What-if"):
                         gr.Markdown(EXPLAIN["whatif"])
-                        heads_off = gr.CheckboxGroup([f"L{l}H{i}" for l in range(c.depth) for i in range(c.heads)],
-                                                     label="switch off heads (layer, head)")
-                        rotary_off = gr.CheckboxGroup([f"layer {l}" for l in range(c.depth)],
-                                                      label="switch off rotary in layers")
+                        heads_off = gr.CheckboxGroup(head_names(bundle), label="switch off heads (layer, head)")
+                        rotary_off = gr.CheckboxGroup(layer_names(bundle), label="switch off rotary in layers")
                         whatif_btn = gr.Button("Re-run with these switched off", variant="primary")
                         with gr.Row():
                             whatif_label = gr.Label(num_top_classes=5, label="prediction after")

@@ -45,7 +45,6 @@ def main() -> None:
     bundle, image, source = bundle_and_image()
     analysis = analyze(bundle, image)
     last = analysis.trace.layers[-1]
-    scales = bundle.model.transformer.pos_emb.scales
     centre = (analysis.grid[0] // 2, analysis.grid[1] // 2)
     timings = interleaved_medians({
         "analysis pass (reference)": lambda: analyze(bundle, image),
@@ -56,7 +55,7 @@ def main() -> None:
         "predictions chart": lambda: panels.predictions_panel(analysis),
         "head statistics": lambda: panels.stats_panel(analysis),
         "rotary bands": lambda: panels.bands_panel(analysis),
-        "rotary Nyquist": lambda: panels.nyquist_panel(analysis, scales, analysis.grid),
+        "rotary Nyquist": lambda: panels.nyquist_panel(analysis, bundle.rotary_scales, bundle.train_grid),
         "rotary kernel": lambda: panels.kernel_panel(analysis, last, 0, centre),
     }, args.repeats)
     reference = timings["analysis pass (reference)"]

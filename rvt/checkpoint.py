@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from .device import pick_device
+from .grid import patch_grid
 from .model import RvT, RvTConfig
 from .preprocess import Preprocess
 
@@ -40,6 +41,16 @@ class Bundle:
     device: torch.device
     source: str = ""
     notes: list[str] = field(default_factory=list)  # assumptions made while loading, for the UI
+
+    @property
+    def train_grid(self) -> tuple[int, int]:
+        """(h, w) patch grid at the resolution the model was trained for."""
+        return patch_grid(self.preprocess.image_size, self.config.patch_size)
+
+    @property
+    def rotary_scales(self) -> torch.Tensor:
+        """The rotary frequency bands (bands,), on the CPU."""
+        return self.model.transformer.pos_emb.scales.cpu()
 
 
 def save_checkpoint(path: str | Path, model: RvT, labels: list[str], preprocess: Preprocess,

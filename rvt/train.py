@@ -21,6 +21,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FASHION_MNIST_LABELS, load_fashion_mnist, load_image_folder
 from .device import pick_device
+from .evaluate import confusion_matrix
 from .model import RvT, RvTConfig
 from .preprocess import Preprocess
 
@@ -74,14 +75,10 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-@torch.no_grad()
-def accuracy(model: RvT, images: torch.Tensor, labels: torch.Tensor, normalize, device, batch: int = 512) -> float:
+def accuracy(model: RvT, images: torch.Tensor, labels: torch.Tensor, normalize, device, num_classes: int) -> float:
     model.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        logits = model(normalize(images[i:i + batch].to(device)))
-        correct += (logits.argmax(-1).cpu() == labels[i:i + batch]).sum().item()
-    return correct / len(images)
+    matrix = confusion_matrix(model, images, labels, normalize, device, num_classes)
+    return float(matrix.trace() / matrix.sum())
 
 
 def load_data(args) -> tuple[torch.Tensor, torch.Tensor, list[str], Preprocess]:
@@ -163,7 +160,7 @@ def train(args) -> Path:
             loss_sum += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         train_loss = loss_sum / len(perm)
-        val_acc = accuracy(model, val_images, val_labels, normalize, device) if n_val else float("nan")
+        val_acc = accuracy(model, val_images, val_labels, normalize, device, len(classes)) if n_val else float("nan")
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_acc": val_acc,
                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
         tqdm.write(json.dumps(record))

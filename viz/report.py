@@ -19,7 +19,6 @@ from .stats import head_stats
 
 
 def summary(analysis: Analysis, bundle: Bundle) -> dict:
-    scales = bundle.model.transformer.pos_emb.scales.cpu()
     return {
         "prediction": [{"label": name, "probability": p} for name, p in analysis.top(5)],
         "input_size": list(analysis.image.shape[:2]),
@@ -27,7 +26,7 @@ def summary(analysis: Analysis, bundle: Bundle) -> dict:
         "heads_off": {str(k): v for k, v in analysis.heads_off.items()},
         "rotary_off": analysis.rotary_off,
         "head_stats": head_stats(analysis.trace.attention, analysis.grid, analysis.patch_size),
-        "aliasing_bands": aliasing_bands(scales, analysis.grid),
+        "aliasing_bands": aliasing_bands(bundle.rotary_scales, analysis.grid),
         "model": bundle.config.to_dict(),
         "checkpoint": bundle.source,
     }
@@ -41,8 +40,6 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
     top_class = int(analysis.probs.argmax())
     h, w = analysis.grid
     centre = (h // 2, w // 2)
-    train_grid = tuple(s // bundle.config.patch_size for s in bundle.preprocess.image_size)
-    scales = bundle.model.transformer.pos_emb.scales.cpu()
     jobs: dict[str, Callable[[], Image.Image]] = {
         "input": lambda: Image.fromarray(analysis.image),
         "predictions": lambda: panels.predictions_panel(analysis),
@@ -52,7 +49,7 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
             analysis, gradients=attention_gradients(bundle, analysis, top_class)),
         "head_stats": lambda: panels.stats_panel(analysis),
         "rotary_bands": lambda: panels.bands_panel(analysis),
-        "rotary_nyquist": lambda: panels.nyquist_panel(analysis, scales, train_grid),
+        "rotary_nyquist": lambda: panels.nyquist_panel(analysis, bundle.rotary_scales, bundle.train_grid),
     }
     for layer in analysis.trace.layers:
         jobs[f"attention_layer{layer}"] = lambda layer=layer: panels.heads_panel(analysis, layer)
