@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before any gradio import: no phoning home
+
 import pytest
 import torch
 
