@@ -19,9 +19,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
+import httpx  # noqa: E402
 from app_server import serve  # noqa: E402
 from common import print_table  # noqa: E402
-import httpx  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -14,6 +14,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 from common import interleaved_medians, print_table  # noqa: E402
 from reference import load_reference_rvt  # noqa: E402
+
 from rvt import RvT, capture, pick_device  # noqa: E402
 
 MODELS = {

@@ -17,6 +17,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from common import interleaved_medians, print_table  # noqa: E402
+
 from rvt import Preprocess, RvT, RvTConfig, load_checkpoint, save_checkpoint  # noqa: E402
 from rvt.analysis import analyze  # noqa: E402
 from viz import panels  # noqa: E402

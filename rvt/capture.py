@@ -42,7 +42,7 @@ class Trace:
         self._attention_grad.clear()
         self._qk.clear()
 
-    def cpu(self) -> "Trace":
+    def cpu(self) -> Trace:
         """A float32 CPU copy, detached from any graph (what a UI session keeps)."""
         move = lambda t: t.detach().float().cpu()  # noqa: E731
         return Trace(layers=list(self.layers), cls_only=self.cls_only, grid=self.grid,

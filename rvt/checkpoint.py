@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 from .device import pick_device
 from .grid import patch_grid
@@ -51,6 +50,12 @@ class Bundle:
     def rotary_scales(self) -> torch.Tensor:
         """The rotary frequency bands (bands,), on the CPU."""
         return self.model.transformer.pos_emb.scales.cpu()
+
+    def novelty(self, image):
+        """How unlike the training data a PIL image is: an object with `.score` and `.flag` (rvt.novelty)."""
+        from .novelty import novelty  # imported here: novelty needs the bundle's own features
+
+        return novelty(self, image)
 
 
 def save_checkpoint(path: str | Path, model: RvT, labels: list[str], preprocess: Preprocess,

@@ -187,7 +187,7 @@ class RvT(nn.Module):
         self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 
     @classmethod
-    def from_config(cls, config: RvTConfig) -> "RvT":
+    def from_config(cls, config: RvTConfig) -> RvT:
         return cls(**config.to_dict())
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:

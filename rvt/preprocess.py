@@ -105,7 +105,8 @@ class ImageInputError(ValueError):
     """An upload that is not a usable image; the message says what is accepted."""
 
 
-ACCEPTED = "accepted: a single still image (PNG, JPEG, WebP, BMP, TIFF, GIF) of at least {min_side}x{min_side} pixels and at most {mp} megapixels"
+ACCEPTED = ("accepted: a single still image (PNG, JPEG, WebP, BMP, TIFF, GIF) of at least {min_side}x{min_side} "
+            "pixels and at most {mp} megapixels")
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 

@@ -5,13 +5,13 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from app_server import serve
+from conftest import small_config
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
-from app_server import serve
-from conftest import small_config
 from rvt import Preprocess, RvT, save_checkpoint
 
 
@@ -31,12 +31,12 @@ def images(tmp_path_factory):
     frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:])
     Image.new("RGB", (1, 1), "white").save(root / "pixel.png")
     Image.fromarray(garment).convert("CMYK").save(root / "cmyk.jpg")
-    Image.fromarray((garment[..., 0].astype(np.uint16) * 250)).save(root / "sixteen.png")
+    Image.fromarray(garment[..., 0].astype(np.uint16) * 250).save(root / "sixteen.png")
     (root / "broken.pt").write_bytes(b"PK\x03\x04garbage")
 
     class Exploit:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('pwned')" % str(root / "pwned"),))
+            return (exec, (f"open({str(root / 'pwned')!r}, 'w').write('pwned')",))
     torch.save({"w": Exploit()}, root / "hostile.pt")
     return root
 
@@ -184,7 +184,7 @@ def test_concurrent_users_do_not_see_each_others_interventions(server, images):
     observer, meddler = Client(server[0], verbose=False), Client(server[0], verbose=False)
     expected = predict(observer, images / "garment.png")
     predict(meddler, images / "garment.png")
-    everything = [f"L{l}H{h}" for l in range(3) for h in range(2)]
+    everything = [f"L{layer}H{h}" for layer in range(3) for h in range(2)]
 
     def meddle():
         for _ in range(6):

@@ -7,10 +7,10 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from app_server import serve
 from conftest import small_config
+from PIL import Image
+
 from rvt import Preprocess, RvT, save_checkpoint
 
 CHROMIUM = "/usr/bin/chromium"

@@ -3,9 +3,9 @@ import pickle
 
 import pytest
 import torch
+from conftest import small_config
 from safetensors.torch import save_file
 
-from conftest import small_config
 from rvt import CheckpointError, Preprocess, RvT, load_checkpoint, save_checkpoint
 
 
@@ -82,7 +82,8 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     del state["transformer.layers.1.0.to_kv.weight"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "keys.pt")
-    with pytest.raises(CheckpointError, match=r"missing \['transformer.layers.1.0.to_kv.weight'\], unexpected \['extra.weight'\]"):
+    expected = r"missing \['transformer.layers.1.0.to_kv.weight'\], unexpected \['extra.weight'\]"
+    with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(tmp_path / "keys.pt")
 
 

@@ -5,8 +5,8 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import small_config
+
 from rvt import RvT
 from rvt.rotary import AxialRotaryEmbedding, apply_rotary
 

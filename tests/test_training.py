@@ -86,7 +86,8 @@ def test_short_training_lowers_the_loss_and_writes_a_checkpoint(tiny_fmnist, tmp
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     bundle = load_checkpoint(tmp_path / "run" / "best.safetensors", "cpu")
     assert bundle.config.dim == 16 and len(bundle.labels) == 10
-    assert bundle.preprocess.mean[0] == pytest.approx(load_fashion_mnist("train", tiny_fmnist)[0][:192].mean().item(), abs=1e-4)
+    train_mean = load_fashion_mnist("train", tiny_fmnist)[0][:192].mean().item()
+    assert bundle.preprocess.mean[0] == pytest.approx(train_mean, abs=1e-4)
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_fmnist, tmp_path):

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 from PIL import Image
 
-from conftest import small_config
-from rvt import Preprocess, RvT, capture, save_checkpoint, load_checkpoint
+from rvt import Preprocess, RvT, capture, load_checkpoint, save_checkpoint
 from rvt.analysis import analyze, attention_gradients
 from viz import panels
 from viz.attributions import METHODS, attribute

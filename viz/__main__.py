@@ -20,7 +20,8 @@ def main(argv=None) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="inference resolution (default: training size)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="inference resolution (default: training size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-attributions", action="store_true", help="skip the captum panels (the slow part)")
     args = p.parse_args(argv)

@@ -57,7 +57,8 @@ def stats_figure(attention: torch.Tensor, grid: tuple[int, int], patch_size: int
                                       grid, patch_size).item()
     ax_d.axhline(uniform, color="grey", linestyle="--", linewidth=1, label="uniform attention")
     ax_d.legend(fontsize=7, ncol=2)
-    for ax, values, title, cmap in ((ax_e, entropy, f"Entropy (nats, max {np.log(grid[0] * grid[1] + 1):.2f})", "viridis"),
+    max_entropy = np.log(grid[0] * grid[1] + 1)
+    for ax, values, title, cmap in ((ax_e, entropy, f"Entropy (nats, max {max_entropy:.2f})", "viridis"),
                                     (ax_c, share, "Share of attention on CLS", "magma")):
         im = ax.imshow(values, cmap=cmap, aspect="auto")
         ax.set_xlabel("head")
