@@ -1,6 +1,8 @@
-"""Datasets for training: Fashion-MNIST from Debian's idx files, or a folder of images per class."""
+"""Datasets for training: Fashion-MNIST from Debian's idx files, a folder of images per class, or a
+`file,label` CSV (what `python -m rvt.scenes` writes)."""
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import struct
@@ -82,3 +84,55 @@ def load_image_folder(root: str | Path, preprocess: Preprocess) -> tuple[torch.T
     if not images:
         raise DatasetError(f"{root}: no images with suffixes {sorted(IMAGE_SUFFIXES)} in its class folders")
     return torch.stack(images), torch.tensor(labels), classes
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (kept that way to hold large sets in a quarter of the memory) -> float in [0, 1]."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (N, C, H, W) images in [0, 1] (or uint8), in chunks of `chunk` images."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(images), chunk):
+        x = to_unit(images[i:i + chunk]).double().transpose(0, 1).flatten(1)  # (C, n*H*W)
+        total += x.sum(1)
+        squares += (x * x).sum(1)
+    n = images.numel() // images.shape[1]
+    mean = total / n
+    std = ((squares - n * mean ** 2) / max(1, n - 1)).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.tolist(), std.tolist()
+
+
+def load_labels_csv(path: str | Path, preprocess: Preprocess,
+                    classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A `file,label` CSV (header row, files relative to its folder) -> images (N, C, H, W) in [0, 1]
+    via `preprocess`, labels, class names (`classes`, or the sorted distinct labels)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "labels.csv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file; expected a CSV with the header `file,label`")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0]] != ["file", "label"]:
+        raise DatasetError(f"{path}: the first row must be the header `file,label`, not {rows[0] if rows else 'empty'}")
+    rows = [r for r in rows[1:] if r]
+    if not rows:
+        raise DatasetError(f"{path}: no rows after the header")
+    bad = [i + 2 for i, r in enumerate(rows) if len(r) != 2]
+    if bad:
+        raise DatasetError(f"{path}: line {bad[0]} does not have exactly two fields `file,label`")
+    classes = list(classes) if classes else sorted({label for _, label in rows})
+    unknown = sorted({label for _, label in rows} - set(classes))
+    if unknown:
+        raise DatasetError(f"{path}: labels {unknown} are not among the classes {classes}")
+    images = []
+    for name, _ in rows:
+        try:
+            with Image.open(path.parent / name) as image:
+                images.append(preprocess.to_unit(image))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DatasetError(f"{path.parent / name}: not a readable image ({e})") from None
+    return torch.stack(images), torch.tensor([classes.index(label) for _, label in rows]), classes

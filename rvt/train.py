@@ -1,9 +1,12 @@
-"""Train an RvT: `python -m rvt.train --out runs/fmnist` (Fashion-MNIST) or `--image-folder PATH`.
+"""Train an RvT: `python -m rvt.train --out runs/fmnist` (Fashion-MNIST), `--image-folder PATH`,
+`--labels-csv DIR/labels.csv` (as `python -m rvt.scenes` writes) or `--scenes N` (generated scenes).
 
 Seeded and resumable: every epoch writes `last.pt` (weights, optimiser, schedule position and RNG
 state, so `--resume` continues exactly where it stopped) and, when validation accuracy improves,
 `best.safetensors` in the project's checkpoint format. Validation is a split held out of the
-training data; a test split is never looked at here.
+training data (for `--scenes`, its own scene set of seed SCENE_SEED + 1); a test split is never
+looked at here. `--augment` picks label-safe augmentation: a horizontal flip would swap the scene
+task's left/right labels, so scenes train with `shift` or `none`.
 """
 from __future__ import annotations
 
@@ -19,11 +22,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import FASHION_MNIST_LABELS, load_fashion_mnist, load_image_folder
+from .data import FASHION_MNIST_LABELS, channel_stats, load_fashion_mnist, load_image_folder, load_labels_csv, to_unit
 from .device import pick_device
 from .evaluate import confusion_matrix
 from .model import RvT, RvTConfig
 from .preprocess import Preprocess
+from .scenes import LABELS as SCENE_LABELS
+from .scenes import make_scenes, scene_tensors
+
+AUGMENTS = ("shift-flip", "shift", "none")  # shift-flip suits Fashion-MNIST; flips break left/right labels
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="run folder for last.pt, best.safetensors, log.jsonl")
     p.add_argument("--image-folder", type=Path, help="train on root/<class>/<image> instead of Fashion-MNIST")
+    p.add_argument("--labels-csv", type=Path, help="train on a `file,label` CSV, files relative to its folder")
+    p.add_argument("--scenes", type=int, help="train on N generated scenes (rvt.scenes) at --image-size")
+    p.add_argument("--scene-seed", type=int, default=0,
+                   help="scene set of the training data; validation uses SCENE_SEED + 1 (keep tests on others)")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST idx files")
+    p.add_argument("--augment", choices=AUGMENTS, default="shift-flip",
+                   help="random shift by up to 2 px, plus horizontal flip for shift-flip")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -57,15 +70,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random translation by up to `pad` pixels (zero fill) and random horizontal flip, per sample."""
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2, flip: bool = True) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (zero fill) and, if `flip`, random horizontal flip, per sample."""
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
     out = torch.stack([padded[i, :, y:y + h, xx:xx + w] for i, (y, xx) in enumerate(zip(dy, dx))])
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if not flip:
+        return out
+    flipped = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flipped[:, None, None, None], out.flip(-1), out)
+
+
+def augmentation(name: str):
+    """The named augmentation as a function of (batch, generator)."""
+    if name == "none":
+        return lambda x, _gen: x
+    return lambda x, gen: augment(x, gen, flip=name == "shift-flip")
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -81,34 +103,52 @@ def accuracy(model: RvT, images: torch.Tensor, labels: torch.Tensor, normalize, 
     return float(matrix.trace() / matrix.sum())
 
 
-def load_data(args) -> tuple[torch.Tensor, torch.Tensor, list[str], Preprocess]:
-    if args.image_folder:
-        size = (args.image_size, args.image_size)
-        unit = Preprocess(image_size=size, channels=3, mean=[0, 0, 0], std=[1, 1, 1], invert="never", fit="pad")
-        images, labels, classes = load_image_folder(args.image_folder, unit)
-        preprocess = unit
+def scene_preprocess(size: tuple[int, int]) -> Preprocess:
+    """Scenes are RGB as drawn: no inversion, no content crop (stretch is the identity at the training size)."""
+    return Preprocess(image_size=size, channels=3, mean=[0, 0, 0], std=[1, 1, 1], invert="never", fit="stretch")
+
+
+def load_data(args) -> tuple[torch.Tensor, torch.Tensor, list[str], Preprocess, tuple | None]:
+    """-> images (N, C, H, W) float in [0, 1] or uint8, labels, classes, preprocessing, and a
+    separate validation set (images, labels) or None to hold one out of the training data."""
+    validation = None
+    size = (args.image_size, args.image_size)
+    if args.scenes:
+        def generate(count, seed, what):
+            with tqdm(total=count, desc=what, leave=False) as bar:
+                return scene_tensors(make_scenes(count, seed, size, progress=lambda f: bar.update(
+                    round(f * count) - bar.n)))
+        images, labels = generate(args.scenes, args.scene_seed, "training scenes")
+        validation = generate(max(1, int(args.scenes * args.val_fraction)), args.scene_seed + 1, "validation scenes")
+        classes, preprocess = list(SCENE_LABELS), scene_preprocess(size)
+    elif args.labels_csv:
+        preprocess = scene_preprocess(size)
+        images, labels, classes = load_labels_csv(args.labels_csv, preprocess)
+    elif args.image_folder:
+        preprocess = Preprocess(image_size=size, channels=3, mean=[0, 0, 0], std=[1, 1, 1], invert="never", fit="pad")
+        images, labels, classes = load_image_folder(args.image_folder, preprocess)
     else:
         images, labels = load_fashion_mnist("train", args.data_root)
         classes, preprocess = FASHION_MNIST_LABELS, Preprocess()
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
     # Normalisation statistics of the training data itself, stored with the checkpoint.
-    per_channel = images.transpose(0, 1).flatten(1)
-    preprocess.mean = per_channel.mean(1).tolist()
-    preprocess.std = per_channel.std(1).clamp_min(1e-6).tolist()
-    return images, labels, classes, preprocess
+    preprocess.mean, preprocess.std = channel_stats(images)
+    return images, labels, classes, preprocess, validation
 
 
 def train(args) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    images, labels, classes, preprocess = load_data(args)
+    images, labels, classes, preprocess, validation = load_data(args)
 
     # Held-out validation split, fixed by the seed (independent of the training RNG stream).
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
-    n_val = int(len(images) * args.val_fraction)
+    n_val = int(len(images) * args.val_fraction) if validation is None else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
+    val_images, val_labels = (images[val_idx], labels[val_idx]) if validation is None else validation
+    val_images, n_val = to_unit(val_images), len(val_images)
 
     config = RvTConfig(**{f.name: getattr(args, f.name) for f in fields(RvTConfig)
                           if f.name not in ("num_classes", "channels")},
@@ -140,8 +180,7 @@ def train(args) -> Path:
         gen.set_state(state["generator"])
         start_epoch, best_acc = state["epoch"] + 1, state["best_acc"]
 
-    normalize = preprocess.normalize
-    val_images, val_labels = images[val_idx], labels[val_idx]
+    normalize, augment_batch = preprocess.normalize, augmentation(args.augment)
     started = time.time()
     for epoch in range(start_epoch, args.epochs):
         model.train()
@@ -150,7 +189,7 @@ def train(args) -> Path:
         loss_sum = 0.0
         for i in bar:
             idx = perm[i:i + args.batch_size]
-            x = normalize(augment(images[idx], gen)).to(device)
+            x = normalize(augment_batch(to_unit(images[idx]), gen)).to(device)
             loss = F.cross_entropy(model(x), labels[idx].to(device), label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

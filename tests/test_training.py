@@ -196,3 +196,39 @@ def test_bundled_model_reads_the_example_images():
             logits = bundle.model(bundle.preprocess(image)[None])
         right += int(logits.argmax()) == int(path.stem.split("_")[0])  # names start with the class index
     assert right >= 8
+
+
+def test_augmentation_without_flip_keeps_left_and_right():
+    from rvt.train import augmentation
+    x = torch.zeros(64, 3, 16, 16)
+    x[..., :, :4] = 1.0  # bright on the left
+    gen = torch.Generator().manual_seed(0)
+    shifted = augmentation("shift")(x, gen)
+    assert (shifted[..., :8].sum((1, 2, 3)) > shifted[..., 8:].sum((1, 2, 3))).all()  # never flipped
+    assert not torch.equal(shifted, x)  # but shifted
+    flipped = augmentation("shift-flip")(x, gen)
+    assert (flipped[..., 8:].sum((1, 2, 3)) > flipped[..., :8].sum((1, 2, 3))).any()
+    assert torch.equal(augmentation("none")(x, gen), x)
+
+
+SCENE_TINY = ["--image-size", "24", "--patch-size", "4", "--epochs", "1", "--augment", "none",
+              *TINY]
+
+
+def test_training_on_generated_scenes_and_on_a_labels_csv(tmp_path):
+    from rvt.scenes import LABELS, make_scenes, scene_tensors
+    from rvt.scenes import main as scenes_main
+    train_main(["--out", str(tmp_path / "gen"), "--scenes", "64", *SCENE_TINY])
+    bundle = load_checkpoint(tmp_path / "gen" / "best.safetensors", "cpu")
+    assert bundle.labels == LABELS and bundle.config.channels == 3
+    pre = bundle.preprocess
+    assert (pre.channels, pre.invert, pre.fit, pre.image_size) == (3, "never", "stretch", (24, 24))
+    images, _ = scene_tensors(make_scenes(64, 0, (24, 24)))  # the training set: seed 0
+    assert pre.mean[0] == pytest.approx((images[:, 0].float() / 255).mean().item(), abs=1e-5)
+    scene = make_scenes(1, 1, (24, 24))[0]
+    assert torch.equal(pre(Image.fromarray(scene.image)), pre.normalize(scene_tensors([scene])[0].float() / 255)[0])
+
+    scenes_main(["--out", str(tmp_path / "folder"), "--count", "32", "--size", "24", "24"])
+    train_main(["--out", str(tmp_path / "csv"), "--labels-csv", str(tmp_path / "folder" / "labels.csv"), *SCENE_TINY])
+    bundle = load_checkpoint(tmp_path / "csv" / "best.safetensors", "cpu")
+    assert set(bundle.labels) <= set(LABELS) and bundle.preprocess.channels == 3
