@@ -7,7 +7,9 @@ kept as their own axis so captured attention is (B, H, N, N).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import inspect
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -18,23 +20,70 @@ from torch import nn
 from .grid import features_to_map, map_to_features, patch_grid
 from .rotary import AxialRotaryEmbedding, rotate_tokens
 
+REQUIRED = inspect.Parameter.empty  # a keyword vit_pytorch.rvt.RvT has no default for
+
+
+def _field(default, vit_pytorch=REQUIRED):
+    """A config field: our default (the bundled model's) and vit_pytorch.rvt.RvT's for the keyword constructor."""
+    return field(default=default, metadata={"vit_pytorch": vit_pytorch})
+
 
 @dataclass
 class RvTConfig:
-    image_size: int = 28  # training resolution; also sets the top rotary frequency (image_size / 2)
-    patch_size: int = 4  # 28 / 4 gives a 7x7 grid, enough patches for attention maps to mean something
-    num_classes: int = 10
-    dim: int = 96
-    depth: int = 6
-    heads: int = 4
-    mlp_dim: int = 192  # GEGLU doubles the first projection, so 2x dim already costs like a 4x MLP
-    channels: int = 1  # Fashion-MNIST is grayscale
-    dim_head: int = 24  # a multiple of 4: rows and columns each get dim_head // 4 rotated pairs
-    dropout: float = 0.0
-    emb_dropout: float = 0.0
-    use_rotary: bool = True
-    use_ds_conv: bool = True
-    use_glu: bool = True
+    """The one definition of an RvT's hyper-parameters; `RvT(config)` builds it.
+
+    Each field also carries vit-pytorch's default for the same keyword, so `RvT(image_size=..., ...)`
+    accepts exactly `vit_pytorch.rvt.RvT`'s keywords, with its required ones and its defaults.
+    """
+
+    image_size: int = _field(28)  # training resolution; also sets the top rotary frequency (image_size / 2)
+    patch_size: int = _field(4)  # 28 / 4 gives a 7x7 grid, enough patches for attention maps to mean something
+    num_classes: int = _field(10)
+    dim: int = _field(96)
+    depth: int = _field(6)
+    heads: int = _field(4)
+    mlp_dim: int = _field(192)  # GEGLU doubles the first projection, so 2x dim already costs like a 4x MLP
+    channels: int = _field(1, vit_pytorch=3)  # Fashion-MNIST is grayscale
+    dim_head: int = _field(24, vit_pytorch=64)  # a multiple of 4: rows and columns each get dim_head // 4 pairs
+    dropout: float = _field(0.0, vit_pytorch=0.0)
+    emb_dropout: float = _field(0.0, vit_pytorch=0.0)
+    use_rotary: bool = _field(True, vit_pytorch=True)
+    use_ds_conv: bool = _field(True, vit_pytorch=True)
+    use_glu: bool = _field(True, vit_pytorch=True)
+
+    def __post_init__(self):
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            # JSON's 4 or numpy's int64 are ints; 4.5, "4" and True are not (bool subclasses int).
+            ok = isinstance(value, bool) if kind is bool else not isinstance(value, bool) and isinstance(
+                value, numbers.Integral if kind is int else numbers.Real)
+            if not ok:
+                raise TypeError(f"RvTConfig.{f.name} must be {kind.__name__}, not {value!r}")
+            setattr(self, f.name, value := kind(value))
+            if kind is int and value < 1:
+                raise ValueError(f"RvTConfig.{f.name} must be at least 1, not {value}")
+            if kind is float and not 0.0 <= value <= 1.0:
+                raise ValueError(f"RvTConfig.{f.name} is a probability in [0, 1], not {value}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
+
+    @classmethod
+    def keywords(cls) -> dict[str, object]:
+        """vit_pytorch.rvt.RvT's keywords -> their defaults (`REQUIRED` where it has none)."""
+        return {f.name: f.metadata["vit_pytorch"] for f in fields(cls)}
+
+    @classmethod
+    def from_keywords(cls, **kwargs) -> RvTConfig:
+        """The config `vit_pytorch.rvt.RvT(**kwargs)` would build: same required keywords, same defaults."""
+        keywords = cls.keywords()
+        unknown = sorted(set(kwargs) - set(keywords))
+        missing = [k for k, default in keywords.items() if default is REQUIRED and k not in kwargs]
+        if unknown or missing:
+            wrong = "; ".join(f"{what} {names}" for what, names in (("unknown keywords", unknown),
+                                                                    ("missing required keywords", missing)) if names)
+            raise TypeError(f"RvT(): {wrong}. It takes an RvTConfig, or vit_pytorch.rvt.RvT's keywords "
+                            f"{list(keywords)}")
+        return cls(**{**{k: d for k, d in keywords.items() if d is not REQUIRED}, **kwargs})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,17 +188,16 @@ class Attention(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, image_size: int,
-                 dropout: float = 0.0, use_rotary: bool = True, use_ds_conv: bool = True, use_glu: bool = True):
+    def __init__(self, c: RvTConfig):
         super().__init__()
-        self.pos_emb = AxialRotaryEmbedding(dim_head, max_freq=image_size)
+        self.pos_emb = AxialRotaryEmbedding(c.dim_head, max_freq=c.image_size)
         self.layers = nn.ModuleList(
             nn.ModuleList([
-                Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout,
-                          use_rotary=use_rotary, use_ds_conv=use_ds_conv),
-                FeedForward(dim, mlp_dim, dropout=dropout, use_glu=use_glu),
+                Attention(c.dim, heads=c.heads, dim_head=c.dim_head, dropout=c.dropout,
+                          use_rotary=c.use_rotary, use_ds_conv=c.use_ds_conv),
+                FeedForward(c.dim, c.mlp_dim, dropout=c.dropout, use_glu=c.use_glu),
             ])
-            for _ in range(depth)
+            for _ in range(c.depth)
         )
 
     def forward(self, x: torch.Tensor, fmap_dims: dict) -> torch.Tensor:
@@ -161,34 +209,29 @@ class Transformer(nn.Module):
 
 
 class RvT(nn.Module):
-    """Same keyword-only constructor as `vit_pytorch.rvt.RvT`."""
+    """`RvT(config)`, or `RvT(image_size=..., ...)` with `vit_pytorch.rvt.RvT`'s keywords and defaults."""
 
-    def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int,
-                 heads: int, mlp_dim: int, channels: int = 3, dim_head: int = 64, dropout: float = 0.0,
-                 emb_dropout: float = 0.0, use_rotary: bool = True, use_ds_conv: bool = True,
-                 use_glu: bool = True):
+    def __init__(self, config: RvTConfig | None = None, /, **kwargs):
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} must be divisible by patch_size {patch_size}")
-        self.config = RvTConfig(image_size=image_size, patch_size=patch_size, num_classes=num_classes,
-                                dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, channels=channels,
-                                dim_head=dim_head, dropout=dropout, emb_dropout=emb_dropout,
-                                use_rotary=use_rotary, use_ds_conv=use_ds_conv, use_glu=use_glu)
-        self.patch_size = patch_size
+        if config is None:
+            config = RvTConfig.from_keywords(**kwargs)
+        elif kwargs or not isinstance(config, RvTConfig):
+            raise TypeError("RvT takes one RvTConfig, or vit_pytorch.rvt.RvT's keywords, not both")
+        self.config = c = config
+        self.patch_size = c.patch_size
         self.to_patch_embedding = nn.Sequential(
-            Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size),
-            nn.Linear(channels * patch_size ** 2, dim),
+            Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=c.patch_size, p2=c.patch_size),
+            nn.Linear(c.channels * c.patch_size ** 2, c.dim),
         )
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, c.dim))
         # vit-pytorch accepts emb_dropout but never applies it; here it is applied after the CLS concat.
-        self.dropout = nn.Dropout(emb_dropout)
-        self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, image_size,
-                                       dropout, use_rotary, use_ds_conv, use_glu)
-        self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
+        self.dropout = nn.Dropout(c.emb_dropout)
+        self.transformer = Transformer(c)
+        self.mlp_head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, c.num_classes))
 
     @classmethod
     def from_config(cls, config: RvTConfig) -> RvT:
-        return cls(**config.to_dict())
+        return cls(config)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, C, H, W) with H and W multiples of patch_size -> logits (B, num_classes)."""
@@ -198,3 +241,10 @@ class RvT(nn.Module):
         x = self.dropout(torch.cat((cls_tokens, x), dim=1))  # (B, 1 + h*w, D)
         x = self.transformer(x, fmap_dims={"h": h, "w": w})
         return self.mlp_head(x[:, 0])
+
+
+# What help(RvT) and IDEs show: the config, or vit_pytorch.rvt.RvT's keywords with their defaults.
+RvT.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+     inspect.Parameter("config", inspect.Parameter.POSITIONAL_ONLY, default=None)]
+    + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d) for k, d in RvTConfig.keywords().items()])

@@ -1,3 +1,4 @@
+import math
 import os
 import pickle
 
@@ -6,7 +7,8 @@ import torch
 from conftest import small_config
 from safetensors.torch import save_file
 
-from rvt import CheckpointError, Preprocess, RvT, load_checkpoint, save_checkpoint
+from rvt import CheckpointError, Preprocess, RvT, RvTConfig, load_checkpoint, save_checkpoint
+from rvt.checkpoint import ModelLimits, expected_shapes
 
 
 def test_project_format_round_trip(tmp_path):
@@ -71,10 +73,13 @@ def test_hostile_pickle_is_refused_and_not_run(tmp_path):
     assert not Exploit.target.exists()
 
 
-def test_whole_module_pickle_is_refused(tmp_path):
+def test_whole_module_pickle_is_refused_in_plain_words(tmp_path):
     torch.save(RvT(**small_config()), tmp_path / "module.pt")
-    with pytest.raises(CheckpointError, match="refused"):
+    with pytest.raises(CheckpointError) as refused:
         load_checkpoint(tmp_path / "module.pt")
+    message = str(refused.value)
+    assert "the pickle refers to `rvt.model.RvT`" in message and "torch.save(model.state_dict()" in message
+    assert "\x1b" not in message and "\n" not in message and message.endswith(".")  # torch's text had both
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):
@@ -107,11 +112,11 @@ def test_truncated_files(tmp_path):
     model = RvT(**small_config())
     good = save_checkpoint(tmp_path / "good.safetensors", model, [str(i) for i in range(10)], Preprocess())
     (tmp_path / "cut.safetensors").write_bytes(good.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="damaged safetensors"):
+    with pytest.raises(CheckpointError, match="runs past the end of the file"):
         load_checkpoint(tmp_path / "cut.safetensors")
     torch.save(model.state_dict(), tmp_path / "good.pt")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match="damaged or truncated zip archive"):
         load_checkpoint(tmp_path / "cut.pt")
 
 
@@ -140,3 +145,59 @@ def test_device_choice_is_validated(tmp_path):
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         load_checkpoint(path, device="tpu")
     assert load_checkpoint(path).device.type in ("cpu", "cuda", "mps")
+
+
+def test_default_limits_admit_the_bundled_model_and_a_vit_s_sized_rvt():
+    limits = ModelLimits()
+    limits.check(RvTConfig())  # the bundled model's config
+    vit_s = RvTConfig(image_size=224, patch_size=16, num_classes=1000, dim=384, depth=12, heads=6, dim_head=64,
+                      mlp_dim=1536, channels=3)
+    limits.check(vit_s)
+    assert 25e6 < sum(math.prod(s) for s in expected_shapes(vit_s).values()) < limits.max_parameters
+    vit_b = RvTConfig(**{**vit_s.to_dict(), "dim": 768, "heads": 12, "mlp_dim": 3072})
+    with pytest.raises(CheckpointError, match=r"parameters, above this server's limit of 64,000,000 "
+                                              r"\(ModelLimits.max_parameters\)"):
+        limits.check(vit_b)
+    with pytest.raises(CheckpointError, match=r"14x14 = 196 patches .* limit of 100 \(ModelLimits.max_patches\)"):
+        ModelLimits(max_patches=100).check(vit_s)
+
+
+def test_expected_shapes_allocate_nothing_and_match_a_real_model():
+    config = RvTConfig(**small_config(heads=3))
+    assert expected_shapes(config) == {k: tuple(v.shape) for k, v in RvT(config).state_dict().items()}
+    huge = RvTConfig(dim=8192, depth=64, heads=64, dim_head=128, mlp_dim=32768)  # ~100 GB if it were real
+    assert sum(math.prod(s) for s in expected_shapes(huge).values()) > 2.5e10
+
+
+def test_server_limits_bind_what_a_checkpoint_declares(tmp_path):
+    model = RvT(**small_config())
+    path = save_checkpoint(tmp_path / "m.safetensors", model, [str(i) for i in range(10)],
+                           Preprocess(image_size=(56, 56)))
+    assert load_checkpoint(path, "cpu").preprocess.image_size == (56, 56)
+    with pytest.raises(CheckpointError, match=r"56x56 px inputs; this server accepts sides of 1 to 32 px"):
+        load_checkpoint(path, "cpu", limits=ModelLimits(max_image_size=32))
+    with pytest.raises(CheckpointError, match=r"depth is 2, above this server's limit of 1 \(ModelLimits.max_depth\)"):
+        load_checkpoint(path, "cpu", limits=ModelLimits(max_depth=1))
+    torch.save(model.state_dict(), tmp_path / "m.pt")  # an inferred config is held to the same limits
+    with pytest.raises(CheckpointError, match=r"dim is 32, above this server's limit of 16"):
+        load_checkpoint(tmp_path / "m.pt", "cpu", limits=ModelLimits(max_dim=16))
+
+
+def test_preprocessing_must_fit_the_model(tmp_path):
+    model = RvT(**small_config())
+    for pre, problem in [(Preprocess(image_size=(30, 28)), "not multiples of the patch size 4"),
+                         (Preprocess(channels=3, mean=[0.5] * 3, std=[0.5] * 3), "gives 3 channels, the model takes 1"),
+                         (Preprocess(std=[0.0]), "do not normalise 1 channel")]:
+        path = save_checkpoint(tmp_path / "m.safetensors", model, [str(i) for i in range(10)], pre)
+        with pytest.raises(CheckpointError, match=problem):
+            load_checkpoint(path, "cpu")
+
+
+def test_loaded_weights_are_the_files_own_fp32_tensors(tmp_path):
+    """Built on the meta device and assigned: no second copy, no parameter left on meta."""
+    path = save_checkpoint(tmp_path / "m.safetensors", RvT(**small_config()), [str(i) for i in range(10)],
+                           Preprocess())
+    model = load_checkpoint(path, "cpu").model
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors)
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == len(tensors)

@@ -1,3 +1,4 @@
+import inspect
 import itertools
 from math import pi
 from unittest import mock
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import small_config
 
-from rvt import RvT
+from rvt import RvT, RvTConfig
 from rvt.rotary import AxialRotaryEmbedding, apply_rotary
 
 
@@ -95,3 +96,40 @@ def test_rotary_preserves_norms_and_depends_only_on_offsets():
     dots = (qr[:, None] * kr[None]).sum(-1).reshape(4, 4, 4, 4)
     # same offset (1, 1) from two different query positions gives the same score
     assert torch.allclose(dots[0, 0, 1, 1], dots[2, 2, 3, 3], atol=1e-4)
+
+
+def test_keyword_constructor_is_vit_pytorchs(reference):
+    """Same keywords, same required ones, same defaults: derived from RvTConfig, compared to the reference."""
+    ours = inspect.signature(RvT).parameters
+    theirs = inspect.signature(reference.RvT).parameters
+    assert [p for p in ours if p != "config"] == list(theirs)
+    for name, p in theirs.items():
+        assert ours[name].default == p.default and ours[name].kind == p.kind == inspect.Parameter.KEYWORD_ONLY, name
+    with pytest.raises(TypeError, match=r"missing required keywords \['mlp_dim'\]"):
+        RvT(**{k: v for k, v in small_config().items() if k != "mlp_dim"})
+    with pytest.raises(TypeError, match=r"unknown keywords \['depht'\]"):
+        RvT(**small_config(), depht=3)
+    assert RvT(**small_config(channels=3)).config.dim_head == 16
+    assert RvT(**{k: v for k, v in small_config().items() if k not in ("channels", "dim_head")}).config.channels == 3
+
+
+def test_config_and_keywords_build_the_same_model():
+    config = RvTConfig(**small_config(use_glu=False))
+    torch.manual_seed(0)
+    a = RvT(config)
+    torch.manual_seed(0)
+    b = RvT(**small_config(use_glu=False))
+    assert a.config == b.config == config
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(TypeError, match="not both"):
+        RvT(config, dim=8)
+
+
+@pytest.mark.parametrize("bad,error", [
+    (dict(dim=4.5), "dim must be int, not 4.5"), (dict(depth=True), "depth must be int, not True"),
+    (dict(use_glu=1), "use_glu must be bool"), (dict(dim=0), "dim must be at least 1"),
+    (dict(dropout=float("nan")), "dropout is a probability"), (dict(patch_size=5), "divisible by patch_size 5"),
+])
+def test_config_refuses_values_no_model_has(bad, error):
+    with pytest.raises((TypeError, ValueError), match=error):
+        RvTConfig(**bad)
