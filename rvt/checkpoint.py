@@ -360,17 +360,20 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], scales: torch.Tensor | Non
     from_scales = round(top * 2) if top is not None else None
     if image_size is None:
         if from_scales is None:
-            raise CheckpointError("cannot tell the training image size from this state_dict: give image_size")
+            raise CheckpointError("cannot tell the training image size from this state_dict (one rotary band "
+                                  "does not encode it). Accepted: the image_size hint, set when loading.")
         image_size = from_scales
     elif from_scales is not None and from_scales != image_size:
         raise CheckpointError(f"image_size={image_size} disagrees with the checkpoint's rotary frequencies, "
-                              f"which were built for image_size={from_scales}")
+                              f"which were built for image_size={from_scales}. Accepted: image_size={from_scales}, "
+                              f"or no image_size hint.")
 
     if dim_head is None:
         # dim_head // 4 == bands, so dim_head is 4*bands .. 4*bands+3; the multiple of 4 is the usual one.
         options = [d for d in range(4 * bands, 4 * bands + 4) if d and inner_dim % d == 0]
         if not options:
-            raise CheckpointError(f"no dim_head fits {bands} rotary bands and {inner_dim} inner dims")
+            raise CheckpointError(f"no dim_head fits {bands} rotary bands and {inner_dim} inner dims. Accepted: a "
+                                  f"vit-pytorch RvT, whose dim_head // 4 is the number of bands.")
         dim_head = options[0]
         if len(options) > 1:
             notes.append(f"dim_head could be any of {options}; assumed {dim_head} (pass dim_head to override)")
@@ -383,12 +386,14 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], scales: torch.Tensor | Non
                 options.append((p, c))
         if len(options) != 1:
             raise CheckpointError(f"a patch embedding of {patch_dim} inputs is neither grayscale nor RGB "
-                                  f"square patches that divide image_size {image_size}: give patch_size and channels")
+                                  f"square patches that divide image_size {image_size}. Accepted: the patch_size "
+                                  f"and channels hints, set when loading.")
         patch_size, channels = options[0]
     elif channels is None:
         channels, rest = divmod(patch_dim, patch_size ** 2)
         if rest or not channels:
-            raise CheckpointError(f"patch_size={patch_size} does not fit a patch embedding of {patch_dim} inputs")
+            raise CheckpointError(f"patch_size={patch_size} does not fit a patch embedding of {patch_dim} inputs. "
+                                  f"Accepted: a patch_size whose square divides {patch_dim}.")
 
     if use_rotary is None:
         use_rotary = True
@@ -496,7 +501,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: no such file.")
     unknown = set(config_hints) - {"image_size", "patch_size", "channels", "dim_head", "use_rotary"}
     if unknown:
         raise TypeError(f"unknown config hints {sorted(unknown)}")
@@ -539,14 +544,15 @@ def _load(path: Path, device: torch.device, labels: list[str] | None, preprocess
         labels = [f"class {i}" for i in range(config.num_classes)]
         notes.append("no class names in the checkpoint; showing class indices")
     if len(labels) != config.num_classes:
-        raise CheckpointError(f"{len(labels)} labels given for a model with {config.num_classes} classes")
+        raise CheckpointError(f"{len(labels)} labels given for a model with {config.num_classes} classes. "
+                              f"Accepted: one label per class.")
     if preprocess is None:
         try:
             preprocess = Preprocess(image_size=(config.image_size, config.image_size), channels=config.channels,
                                     mean=[0.5] * config.channels, std=[0.5] * config.channels,
                                     invert="never", fit="pad")
         except ValueError as e:
-            raise CheckpointError(f"no preprocessing fits this model ({e})") from None
+            raise CheckpointError(f"no preprocessing fits this model ({e}).") from None
         notes.append("no preprocessing in the checkpoint; assuming inputs normalised with mean 0.5, std 0.5")
     _check_preprocess(preprocess, config, limits)
 

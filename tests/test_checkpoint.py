@@ -124,7 +124,7 @@ def test_what_shapes_cannot_tell_must_be_given(tmp_path, reference):
     # dim_head 4 gives a single rotary band, whose frequency no longer encodes image_size
     ref = reference.RvT(**small_config(dim_head=4, heads=2))
     torch.save(ref.state_dict(), tmp_path / "one_band.pt")
-    with pytest.raises(CheckpointError, match="give image_size"):
+    with pytest.raises(CheckpointError, match="Accepted: the image_size hint"):
         load_checkpoint(tmp_path / "one_band.pt")
     assert load_checkpoint(tmp_path / "one_band.pt", image_size=28).config.patch_size == 4
     # 4 channels (RGBA) of 4x4 patches: 64 inputs also read as 1 channel of 8x8
@@ -134,7 +134,7 @@ def test_what_shapes_cannot_tell_must_be_given(tmp_path, reference):
     assert load_checkpoint(tmp_path / "rgba.pt", patch_size=4).config.channels == 4
     ref = reference.RvT(**small_config(patch_size=2, image_size=32, channels=5))
     torch.save(ref.state_dict(), tmp_path / "odd.pt")
-    with pytest.raises(CheckpointError, match="give patch_size and channels"):
+    with pytest.raises(CheckpointError, match="Accepted: the patch_size and channels hints"):
         load_checkpoint(tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="disagrees with the checkpoint's rotary frequencies"):
         load_checkpoint(tmp_path / "rgba.pt", image_size=64, patch_size=4)
