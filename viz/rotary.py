@@ -1,8 +1,13 @@
-"""What RvT's 2-D axial rotary embedding is, shown on the patch grid.
+"""What RvT's 2-D axial rotary embedding is, shown on the patch grid of a loaded model.
 
 Angles are `position * scale * pi` with positions in [-1, 1] along rows and columns. Between
-neighbouring patches a band turns by `2 / (n - 1) * scale * pi`; above pi (Nyquist) the band
-aliases: neighbouring patches look like they are a smaller, negative step apart.
+neighbouring patches a band turns by `2 / (n - 1) * scale * pi`. Above pi (Nyquist) the band aliases:
+only the wrapped step, at most pi, can be seen, so neighbouring patches look closer than they are
+(at 28/4, band 2 turns 6.49 rad per patch, which looks like 0.21 rad) and patches far apart can look
+like neighbours. The rotary lab (rvt.rotary_lab, viz.rotary_lab) covers other schedules and grids.
+
+Figures use a fixed layout (no constrained-layout solve) and one image per panel row, so each draws
+in a few tens of milliseconds.
 """
 from __future__ import annotations
 
@@ -13,12 +18,13 @@ import torch
 from matplotlib.figure import Figure
 
 from rvt.grid import tokens_to_grid
+from rvt.rotary_lab import wrap
 
-from .render import new_figure
+UNWRAPPED, ALIASED, WRAPPED = "#9ecae1", "#ef8a62", "#2166ac"
 
 
 def phase_steps(scales: torch.Tensor, n: int) -> torch.Tensor:
-    """(bands,) angle between neighbouring patches along an axis of n patches, in radians."""
+    """(bands,) angle between neighbouring patches along an axis of n patches, in radians (unwrapped)."""
     return scales.float() * pi * (2.0 / (n - 1)) if n > 1 else torch.zeros_like(scales.float())
 
 
@@ -34,71 +40,107 @@ def pair_angles(sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_kernel(sin: torch.Tensor, cos: torch.Tensor, query: int) -> torch.Tensor:
-    """(N,) similarity rotary alone imposes between patch `query` and every patch.
-
-    For a query and key that are the same unit vector spread evenly over the rotated pairs,
-    q_rot . k_rot = mean over pairs of cos(angle_q - angle_k): 1 at zero offset.
+    """(N,) idealised rotary kernel: q_rot . k_rot between patch `query` and every patch when q and k
+    are the same unit vector spread evenly over the rotated pairs, i.e. the mean over pairs of
+    cos(angle_q - angle_k); 1 at zero offset. Real heads' q and k differ from this (see kernel_figure).
     """
     s, c = sin[:, ::2], cos[:, ::2]  # (N, pairs): each pair shares one angle
     return (c[query] * c + s[query] * s).mean(-1)
 
 
+def _figure(width: float, height: float, left=0.02, right=0.98, bottom=0.08, top=0.82, wspace=0.25) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
+    return fig
+
+
 def bands_figure(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], max_bands: int = 8) -> Figure:
-    """cos(angle) of each band over the grid: row bands (top) and column bands (bottom)."""
+    """cos(angle) of each band over the grid: row bands (top strip) and column bands (bottom strip)."""
     angles = pair_angles(sin, cos)  # (N, 2 * bands): row bands then column bands
     bands = angles.shape[-1] // 2
     shown = np.unique(np.linspace(0, bands - 1, min(bands, max_bands)).round().astype(int))
-    fig = new_figure(1.3 * len(shown) + 1.0, 3.2)
-    axes = fig.subplots(2, len(shown), squeeze=False)
+    h, w = grid
+    gap = max(1, round(max(h, w) * 0.25))
+    mosaic = np.full((2 * h + gap, len(shown) * (w + gap) - gap), np.nan)
     for col, band in enumerate(shown):
-        for row, (offset, axis) in enumerate(((0, "row"), (bands, "col"))):
-            ax = axes[row, col]
-            ax.imshow(tokens_to_grid(angles[:, offset + band].cos(), grid).numpy(), cmap="RdBu_r",
-                      vmin=-1, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{axis} band {band}", fontsize=8)
+        for row, offset in enumerate((0, bands)):
+            tile = tokens_to_grid(angles[:, offset + band].cos(), grid).numpy()
+            mosaic[row * (h + gap): row * (h + gap) + h, col * (w + gap): col * (w + gap) + w] = tile
+    fig = _figure(1.25 * len(shown) + 1.0, 3.2, left=0.09, right=0.97, bottom=0.04, top=0.80)
+    ax = fig.add_subplot()
+    ax.imshow(np.ma.masked_invalid(mosaic), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    for col, band in enumerate(shown):
+        ax.text(col * (w + gap) + (w - 1) / 2, -0.8, f"band {band}", ha="center", va="bottom", fontsize=8)
+    for row, name in enumerate(("rows", "cols")):
+        ax.text(-0.8, row * (h + gap) + (h - 1) / 2, name, ha="right", va="center", fontsize=8, rotation=90)
     fig.suptitle("cos(rotation angle) per frequency band over the patch grid", fontsize=10)
     return fig
 
 
 def nyquist_figure(scales: torch.Tensor, grid: tuple[int, int], train_grid: tuple[int, int] | None = None) -> Figure:
-    """Per-band phase step per patch against pi, at the current grid and (markers) the training grid."""
-    bands = np.arange(scales.numel())
-    fig = new_figure(9, 3.2)
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, axis, n, n_train in ((axes[0], "rows", grid[0], train_grid and train_grid[0]),
-                                 (axes[1], "columns", grid[1], train_grid and train_grid[1])):
-        steps = phase_steps(scales, n).numpy()
-        colours = np.where(steps > pi, "#d62728", "#1f77b4")
-        ax.bar(bands, steps, color=colours)
+    """Per band: the unwrapped step per patch (light, orange above pi) beside the wrapped step the model
+    can see (dark), pi dashed, and (black ticks) the unwrapped step at the training grid; row bands on
+    the left, column bands on the right of one axes (ticks are most of a matplotlib draw's cost)."""
+    bands = scales.numel()
+    fig = _figure(9, 3.4, left=0.07, right=0.99, bottom=0.1, top=0.76)
+    ax = fig.add_subplot()
+    top = pi
+    for group, (axis, n, n_train) in enumerate((("rows", grid[0], train_grid and train_grid[0]),
+                                                 ("columns", grid[1], train_grid and train_grid[1]))):
+        x = np.arange(bands) + group * (bands + 1)
+        steps = phase_steps(scales, n).double()
+        aliased = (steps > pi).numpy()
+        ax.bar(x - 0.2, steps.numpy(), width=0.4, color=np.where(aliased, ALIASED, UNWRAPPED))
+        ax.bar(x + 0.2, wrap(steps).numpy(), width=0.4, color=WRAPPED)
+        top = max(top, float(steps.max()))
         if n_train and n_train != n:
-            ax.scatter(bands, phase_steps(scales, n_train).numpy(), marker="_", s=120, color="black",
-                       label=f"at training grid ({n_train})", zorder=3)
-            ax.legend(fontsize=8)
-        ax.axhline(pi, color="black", linestyle="--", linewidth=1)
-        ax.text(-0.4, pi, "pi (Nyquist)", va="bottom", ha="left", fontsize=8)
-        ax.set_xlabel("band")
-        ax.set_title(f"{axis}: {n} patches, {(steps > pi).sum()} of {len(steps)} bands alias (red)", fontsize=9)
-    axes[0].set_ylabel("phase step between neighbours (rad)")
+            train_steps = phase_steps(scales, n_train).numpy()
+            top = max(top, float(train_steps.max()))
+            ax.scatter(x - 0.2, train_steps, marker="_", s=120, color="black", zorder=3)
+        for i in range(0, bands, -(-bands // 8)):
+            ax.text(x[i], 0, str(i), ha="center", va="top", fontsize=7)
+        ax.text(x.mean(), -0.09, f"{axis}: {n} patches, {int(aliased.sum())} of {bands} bands alias",
+                transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9)
+    ax.axhline(pi, color="black", linestyle="--", linewidth=1)
+    ax.text(2 * bands + 0.5, pi, "π", va="bottom", ha="right", fontsize=9)
+    ax.set_xlim(-0.7, 2 * bands + 0.7)
+    ax.set_ylim(0, top * 1.08)
+    multiple = max(1, int(top / pi) // 5)
+    ax.set_yticks(np.arange(0, top + 1e-9, multiple * pi),
+                  ["0"] + [f"{i}π" if i > 1 else "π" for i in range(multiple, int(top / pi) + 1, multiple)])
+    ax.set_xticks([])
+    ax.tick_params(labelsize=7)
+    ax.set_ylabel("rad between neighbours", fontsize=8)
+    # A key as coloured words: a matplotlib legend costs as much as the rest of the figure.
+    key = [("unwrapped step", UNWRAPPED), ("unwrapped, above π", ALIASED), ("wrapped step (what is seen)", WRAPPED)]
+    if train_grid and tuple(train_grid) != tuple(grid):
+        key.append((f"— unwrapped at the training grid {train_grid[0]}x{train_grid[1]}", "black"))
+    for i, (words, colour) in enumerate(key):
+        ax.text(0.01 + 0.24 * (i % 2), 0.97 - 0.08 * (i // 2), "■ " + words if colour != "black" else words,
+                color=colour, transform=ax.transAxes, va="top", fontsize=7)
+    fig.suptitle("Above π a band aliases: the model sees the wrapped step (at most π), so neighbours look closer "
+                 "than they are\nand far patches can look like neighbours", fontsize=9)
     return fig
 
 
 def kernel_figure(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], query: tuple[int, int],
                   qk: dict[str, torch.Tensor] | None = None, title: str = "") -> Figure:
-    """Rotary-only kernel for a query patch and, with `qk` (one head's q, k, q_rot, k_rot, each
-    (N, d) incl. CLS), the real scores q.k without and with rotation and their difference."""
+    """The idealised rotary kernel for a query patch (q = k spread evenly over the pairs) and, with `qk`
+    (one head's q, k, q_rot, k_rot, each (N, d) incl. CLS), the real scores q.k without and with rotation
+    and their difference."""
     h, w = grid
     index = query[0] * w + query[1]
-    panels = [("rotary alone: cos(angle diff.)", tokens_to_grid(rotary_kernel(sin, cos, index), grid), "RdBu_r", True)]
+    panels = [("idealised: q = k spread evenly\nover pairs, mean cos(angle diff.)",
+               tokens_to_grid(rotary_kernel(sin, cos, index), grid), "RdBu_r", True)]
     if qk is not None:
         scale = qk["q"].shape[-1] ** -0.5
         plain = (qk["k"][1:] @ qk["q"][1 + index]) * scale
         rotated = (qk["k_rot"][1:] @ qk["q_rot"][1 + index]) * scale
-        panels += [("q.k without rotation", tokens_to_grid(plain, grid), "viridis", False),
-                   ("q.k with rotation (used)", tokens_to_grid(rotated, grid), "viridis", False),
-                   ("change due to rotary", tokens_to_grid(rotated - plain, grid), "RdBu_r", True)]
-    fig = new_figure(3.3 * len(panels), 3.4)
+        panels += [("this head: q.k/√d\nwithout rotation", tokens_to_grid(plain, grid), "viridis", False),
+                   ("this head: q.k/√d\nwith rotation (used)", tokens_to_grid(rotated, grid), "viridis", False),
+                   ("change due to rotary\n(with - without)", tokens_to_grid(rotated - plain, grid), "RdBu_r", True)]
+    fig = _figure(3.0 * len(panels), 3.3, left=0.02, right=0.96, bottom=0.04, top=0.74, wspace=0.35)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, values, cmap, symmetric) in zip(axes, panels):
         values = values.numpy()
@@ -106,9 +148,11 @@ def kernel_figure(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], q
         im = ax.imshow(values, cmap=cmap, interpolation="nearest",
                        **({"vmin": -limit, "vmax": limit} if symmetric else {}))
         ax.scatter([query[1]], [query[0]], marker="s", facecolors="none", edgecolors="lime", s=90, linewidths=2)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=8, y=1.0)
         ax.set_xticks([])
         ax.set_yticks([])
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        bar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.03)
+        bar.set_ticks(np.linspace(*im.get_clim(), 3))  # few ticks: each costs a few ms to draw
+        bar.ax.tick_params(labelsize=7)
     fig.suptitle(title or f"query patch (row {query[0]}, col {query[1]})", fontsize=10)
     return fig
