@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .budget import attention_dtype, check_budget
 from .capture import Trace, capture
 from .checkpoint import Bundle
 from .device import autocast
@@ -56,30 +57,56 @@ def prepare(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = N
 
 def analyze(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = None, *,
             heads_off: dict[int, list[int]] | None = None, rotary_off: list[int] | None = None,
-            bf16: bool = False) -> Analysis:
-    """Preprocess `image` at `size` (H, W; default the training size) and run `analyze_input`."""
+            bf16: bool = False, budget: int | None = None) -> Analysis:
+    """Preprocess `image` at `size` (H, W; default the training size) and run `analyze_input`.
+
+    budget: bytes this analysis may use (`rvt.budget`); a size above it raises `BudgetError`, naming
+    the largest size that fits, before the image is even resized.
+    """
+    size = tuple(size or bundle.preprocess.image_size)
+    if budget is not None:
+        check_budget(bundle.config, size, budget)
     x, shown = prepare(bundle, image, size)
     return analyze_input(bundle, x, shown, heads_off=heads_off, rotary_off=rotary_off, bf16=bf16)
 
 
 def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
                   heads_off: dict[int, list[int]] | None = None, rotary_off: list[int] | None = None,
-                  bf16: bool = False) -> Analysis:
-    """One captured forward pass of a prepared input x (1, C, H, W), optionally with interventions."""
-    model = bundle.model
+                  bf16: bool = False, budget: int | None = None) -> Analysis:
+    """One captured forward pass of a prepared input x (1, C, H, W), optionally with interventions.
+
+    Records head statistics during the pass (the Stats tab then only draws); keeps attention as
+    float16 when float32 would exceed `rvt.budget.ATTENTION_FP32_LIMIT` (`attention_dtype`).
+    bf16: autocast the pass to bfloat16 (CPU and CUDA).
+    """
+    size = tuple(x.shape[-2:])
+    if budget is not None:
+        check_budget(bundle.config, size, budget)
+    model, dtype = bundle.model, attention_dtype(bundle.config, size)
     with torch.inference_mode(), autocast(bundle.device, bf16), \
-            capture(model, qk=True) as trace, intervene(model, heads_off=heads_off, rotary_off=rotary_off):
+            capture(model, qk=True, head_stats=True, dtype=dtype) as trace, \
+            intervene(model, heads_off=heads_off, rotary_off=rotary_off):
         logits = model(x.to(bundle.device))
-    return Analysis(image=shown, input=x, probs=logits.float().softmax(-1)[0].cpu(), trace=trace.cpu(),
+    return Analysis(image=shown, input=x, probs=logits.float().softmax(-1)[0].cpu(), trace=trace.cpu(dtype),
                     labels=bundle.labels, patch_size=bundle.config.patch_size,
                     heads_off=dict(heads_off or {}), rotary_off=list(rotary_off or []))
 
 
 def attention_gradients(bundle: Bundle, analysis: Analysis, target: int) -> torch.Tensor:
-    """(L, 1, H, N, N) gradient of class `target`'s logit w.r.t. every attention map (one more pass)."""
+    """(L, 1, H, N, N) float32 gradient of class `target`'s logit w.r.t. every attention map (one more pass).
+
+    The capture keeps only the CLS rows, so each layer's saved attention is freed as the backward
+    passes it, and each gradient is moved into the result as soon as it is copied: about two sets
+    of maps at the peak (`rvt.budget.estimate_bytes(..., gradients=True)`), not four.
+    """
     x = analysis.input.detach().to(bundle.device, copy=True).requires_grad_(True)
-    with capture(bundle.model, grads=True) as trace, \
+    with capture(bundle.model, grads=True, cls_only=True) as trace, \
             intervene(bundle.model, heads_off=analysis.heads_off, rotary_off=analysis.rotary_off):
         logits = bundle.model(x)
         logits[0, target].backward()
-    return trace.attention_grad.float().cpu()
+    del logits
+    first = trace.attention_grad_layer(trace.layers[0])
+    result = torch.empty((len(trace.layers), *first.shape), dtype=torch.float32)  # (L, 1, H, N, N)
+    for position, layer in enumerate(trace.layers):
+        result[position] = trace.pop_attention_grad(layer)
+    return result

@@ -2,7 +2,13 @@
 
     with capture(model) as trace:
         logits = model(x)
-    trace.attention  # (L, B, H, N, N), CLS first, rows sum to 1
+    trace.attention  # (L, B, H, N, N), CLS first, rows sum to 1 (a new stacked copy)
+    trace.layer_attention(0)  # (B, H, N, N) of layer 0, the stored tensor itself
+
+Panels read one layer at a time (`layer_attention`, `attention_layers`): stacking copies every
+map, which at 224 px on the bundled model is 0.9 GB. `head_stats=True` reduces each layer's
+attention to per-head statistics while its fp32 scores are at hand, so nothing has to re-read
+the stored maps for them.
 
 Works on this project's `RvT` and on an unmodified `vit_pytorch.rvt.RvT` (both expose
 `transformer.layers[i][0].attend`, a softmax module, and `transformer.pos_emb`). Hooks are
@@ -21,7 +27,47 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from .grid import patch_grid
 from .rotary import apply_rotary
+
+STATISTICS = ("mean_distance_px", "entropy_nats", "cls_share")
+
+
+def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """(h*w, h*w) Euclidean distances in pixels between patch centres, row-major patches."""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    centres = torch.stack((ys.flatten(), xs.flatten()), dim=-1).float() * patch_size
+    return torch.cdist(centres, centres)
+
+
+def token_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """(N, N) `patch_distances` with a zero row and column in front for CLS, to weight whole attention rows."""
+    return torch.nn.functional.pad(patch_distances(grid, patch_size), (1, 0, 1, 0))
+
+
+def head_statistics(probs: torch.Tensor, distances: torch.Tensor,
+                    scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-head statistics of one layer's attention, each (B, H), averaged over query rows.
+
+    probs: (B, H, N, N) softmax rows, CLS first; distances: (N, N) from `token_distances`.
+    mean_distance_px: patch queries' attention-weighted distance to patch keys (CLS left out,
+    renormalised; ViT paper, Fig. 7); entropy_nats: entropy of every query row; cls_share: the
+    fraction of patch queries' attention that goes to CLS. With `scores` (the softmax's input z),
+    entropy uses log p = z - logsumexp(z), with logsumexp = max z - log max p: no logarithm per entry.
+    """
+    p = probs.float()
+    patch_mass = (p.sum(-1) - p[..., 0])[..., 1:]  # (B, H, N-1)
+    reach = torch.einsum("bhij,ij->bhi", p, distances)[..., 1:]
+    distance = (reach / patch_mass.clamp_min(1e-12)).mean(-1)
+    if scores is None:
+        q = p.clamp_min(1e-12)
+        entropy = -torch.einsum("bhij,bhij->bhi", q, q.log())
+    else:
+        z = scores.float()
+        lse = z.amax(-1) - p.amax(-1).log()  # (B, H, N)
+        entropy = lse * p.sum(-1) - torch.einsum("bhij,bhij->bhi", p, z)
+    return {"mean_distance_px": distance, "entropy_nats": entropy.mean(-1), "cls_share": p[..., 1:, 0].mean(-1)}
 
 
 @dataclass
@@ -34,21 +80,25 @@ class Trace:
     logits: torch.Tensor | None = None  # (B, classes)
     rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # (sin, cos), each (h*w, rot_dim)
     _attention: dict = field(default_factory=dict, repr=False)  # layer -> (B, H, Q, N)
+    _head_stats: dict = field(default_factory=dict, repr=False)  # layer -> {statistic: (B, H)}
     _attention_grad: dict = field(default_factory=dict, repr=False)
     _qk: dict = field(default_factory=dict, repr=False)  # layer -> {"q", "k", "q_rot", "k_rot"}
 
     def _reset(self) -> None:
         self._attention.clear()
+        self._head_stats.clear()
         self._attention_grad.clear()
         self._qk.clear()
 
-    def cpu(self) -> Trace:
-        """A float32 CPU copy, detached from any graph (what a UI session keeps)."""
+    def cpu(self, attention_dtype: torch.dtype = torch.float32) -> Trace:
+        """A CPU copy, detached from any graph (what a UI session keeps): float32, attention in
+        `attention_dtype` (float16 halves what large analyses hold). Tensors already there are not copied."""
         move = lambda t: t.detach().float().cpu()  # noqa: E731
         return Trace(layers=list(self.layers), cls_only=self.cls_only, grid=self.grid,
                      logits=None if self.logits is None else move(self.logits),
                      rotary=None if self.rotary is None else tuple(move(t) for t in self.rotary),
-                     _attention={i: move(t) for i, t in self._attention.items()},
+                     _attention={i: t.detach().to("cpu", attention_dtype) for i, t in self._attention.items()},
+                     _head_stats={i: {k: move(v) for k, v in r.items()} for i, r in self._head_stats.items()},
                      _attention_grad={i: move(t) for i, t in self._attention_grad.items()},
                      _qk={i: {k: move(v) for k, v in r.items() if k != "pos_emb"} for i, r in self._qk.items()})
 
@@ -61,13 +111,44 @@ class Trace:
 
     @property
     def attention(self) -> torch.Tensor:
-        """(L, B, H, N, N) attention probabilities; (L, B, H, 1, N) with cls_only."""
+        """(L, B, H, N, N) attention probabilities; (L, B, H, 1, N) with cls_only. A new stacked copy:
+        panels use `layer_attention` / `attention_layers` instead."""
         return self._stack(self._attention, "attention")
+
+    def layer_attention(self, layer: int) -> torch.Tensor:
+        """(B, H, N, N) (or (B, H, 1, N) with cls_only) attention of model layer `layer`: the stored tensor."""
+        if layer not in self._attention:
+            raise RuntimeError(f"no attention recorded for layer {layer}: recorded layers {sorted(self._attention)}")
+        return self._attention[layer]
+
+    @property
+    def attention_layers(self) -> list[torch.Tensor]:
+        """Every recorded layer's (B, H, Q, N) attention in `layers` order, without copying."""
+        return [self.layer_attention(i) for i in self.layers]
+
+    @property
+    def head_stats(self) -> dict[str, torch.Tensor] | None:
+        """{statistic: (L, H)} averaged over the batch (see `head_statistics`); None unless captured with
+        head_stats=True."""
+        if any(i not in self._head_stats for i in self.layers):
+            return None
+        return {name: torch.stack([self._head_stats[i][name].mean(0) for i in self.layers]) for name in STATISTICS}
 
     @property
     def attention_grad(self) -> torch.Tensor:
         """Gradient of the backward()'s target w.r.t. the full attention, (L, B, H, N, N)."""
         return self._stack(self._attention_grad, "attention gradients")
+
+    def attention_grad_layer(self, layer: int) -> torch.Tensor:
+        """(B, H, N, N) attention gradient of model layer `layer`."""
+        if layer not in self._attention_grad:
+            raise RuntimeError(f"no attention gradient recorded for layer {layer}: call backward() after the forward")
+        return self._attention_grad[layer]
+
+    def pop_attention_grad(self, layer: int) -> torch.Tensor:
+        """`attention_grad_layer`, dropped from the trace (so a caller copying layers out never holds two sets)."""
+        self.attention_grad_layer(layer)
+        return self._attention_grad.pop(layer)
 
     def qk(self, which: str) -> torch.Tensor:
         """'q' | 'k' (before rotation) | 'q_rot' | 'k_rot' (after): (L, B, H, N, dim_head), CLS first."""
@@ -95,13 +176,14 @@ def _as_table(t: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool = False,
-            dtype: torch.dtype | None = None, qk: bool = False, grads: bool = False):
+            dtype: torch.dtype | None = None, qk: bool = False, grads: bool = False, head_stats: bool = False):
     """Record the next forward passes of `model` into a Trace (the last pass wins).
 
-    layers: which layers to keep (default all); cls_only: keep only the CLS query row;
-    dtype: store a lower-precision copy (e.g. torch.float16); qk: keep q and k before and after
-    rotation; grads: keep attention gradients for gradient rollout (needs a backward inside or
-    after the capture, on a forward with gradients enabled).
+    layers: which layers to keep (default all); cls_only: keep only the CLS query row (a copy of
+    it: a view would keep the whole (B, H, N, N) alive); dtype: store a lower-precision copy (e.g.
+    torch.float16); qk: keep q and k before and after rotation; grads: keep attention gradients for
+    gradient rollout (needs a backward inside or after the capture, on a forward with gradients
+    enabled); head_stats: reduce each layer to `head_statistics` (read with `trace.head_stats`).
     """
     blocks = attention_blocks(model)
     chosen = list(range(len(blocks))) if layers is None else sorted(set(int(i) for i in layers))
@@ -110,11 +192,14 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
         raise ValueError(f"layers {bad} out of range: the model has layers 0..{len(blocks) - 1}")
     trace = Trace(layers=chosen, cls_only=cls_only)
     patch_size = model.patch_size
+    distances = {}  # grid -> (N, N), built once per grid for head_stats
 
     def start(_module, args):
         trace._reset()
-        h, w = args[0].shape[-2:]
-        trace.grid = (h // patch_size, w // patch_size)
+        trace.grid = patch_grid(args[0].shape[-2:], patch_size)
+        if head_stats and trace.grid not in distances:
+            distances.clear()
+            distances[trace.grid] = token_distances(trace.grid, patch_size).to(args[0].device)
 
     def finish(_module, _args, output):
         trace.logits = output.detach()
@@ -123,19 +208,24 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
         sin, cos = output
         trace.rotary = (_as_table(sin).detach(), _as_table(cos).detach())
 
-    def keep(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach()
-        return t.to(dtype) if dtype is not None else t
+    def keep(t: torch.Tensor, copy: bool = False) -> torch.Tensor:
+        return t.detach().to(dtype or t.dtype, copy=copy)
 
-    def attention(index, block, _module, _args, output):
+    def attention(index, block, _module, args, output):
         probs = output.reshape(-1, block.heads, *output.shape[-2:])  # (B, H, N, N); vit-pytorch has (B*H)
-        trace._attention[index] = keep(probs[:, :, :1] if cls_only else probs)
+        trace._attention[index] = keep(probs[:, :, :1], copy=True) if cls_only else keep(probs)
+        if head_stats:
+            with torch.no_grad():
+                trace._head_stats[index] = head_statistics(probs.detach(), distances[trace.grid],
+                                                           args[0].detach().reshape(probs.shape))
         if grads:
             if not probs.requires_grad:
                 raise RuntimeError("capture(grads=True) needs a forward with gradients enabled "
                                    "(an input with requires_grad=True, outside torch.no_grad)")
             # The hook goes on the module's own output: a view of it is not on the backward path.
-            output.register_hook(lambda g: trace._attention_grad.__setitem__(index, g.detach().reshape(probs.shape)))
+            # Closes over the shape only: holding `probs` would keep every layer's maps alive through the backward.
+            shape = probs.shape
+            output.register_hook(lambda g: trace._attention_grad.__setitem__(index, g.detach().reshape(shape)))
 
     def layer_input(index, _module, _args, kwargs):
         trace._qk.setdefault(index, {})["pos_emb"] = kwargs.get("pos_emb")

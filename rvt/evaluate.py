@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import DatasetError, load_fashion_mnist, load_image_folder
+from .device import PRECISIONS, prediction_agreement, with_precision
 
 
 @torch.no_grad()
@@ -61,6 +62,8 @@ def main(argv=None) -> None:
     p.add_argument("--confusion", type=Path, default=Path("confusion.png"))
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: bfloat16 weights (CPU too); also prints top-1 agreement with fp32")
     args = p.parse_args(argv)
     try:
         bundle = load_checkpoint(args.checkpoint, args.device)
@@ -75,9 +78,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {e}") from None
     if args.limit:
         images, labels = images[:args.limit], labels[:args.limit]
-    matrix = confusion_matrix(bundle.model, images, labels, bundle.preprocess.normalize, bundle.device,
-                              len(bundle.labels))
+    model = with_precision(bundle.model, args.precision)
+    matrix = confusion_matrix(model, images, labels, bundle.preprocess.normalize, bundle.device, len(bundle.labels))
     result = report(matrix, bundle.labels)
+    if model is not bundle.model:
+        result["agreement_with_fp32"] = prediction_agreement(bundle.model, model, images,
+                                                             bundle.preprocess.normalize, bundle.device)
+        print(f"{args.precision}: top-1 agreement with fp32 {result['agreement_with_fp32']:.2%}")
     print(f"top-1 accuracy: {result['accuracy']:.2%} on {result['n']} images")
     for name, acc in result["per_class"].items():
         print(f"  {name:<12} {acc:.2%}")

@@ -30,22 +30,39 @@ def apply_rotary(t: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch
     return torch.cat((t_rot, t_pass), dim=-1)
 
 
+def rotate_pairs(t: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """The same rotation as `rotate_tokens`, in real arithmetic: (x0, x1) -> (x0 c - x1 s, x0 s + x1 c).
+
+    t: (..., 1 + N, d), CLS first (identity rotor); the first `sin.shape[-1]` dims are rotated. Only
+    elementwise ops, so `torch.compile` fuses it into one kernel (it cannot generate code for complex
+    multiplies). Computed in float32 whatever t's dtype (bf16 cosines near 1 lose the small angles),
+    then cast back.
+    """
+    rot_dim = sin.shape[-1]
+    c = torch.cat((torch.ones_like(cos[:1, ::2]), cos[:, ::2])).float()  # (1 + N, rot_dim / 2)
+    s = torch.cat((torch.zeros_like(sin[:1, ::2]), sin[:, ::2])).float()
+    x0, x1 = t[..., :rot_dim].float().unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).to(t.dtype)
+    return rotated if rot_dim == t.shape[-1] else torch.cat((rotated, t[..., rot_dim:]), dim=-1)
+
+
 def rotate_tokens(t: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     """Rotate the patch tokens of t (..., 1 + N, d), CLS first and left as it is.
 
-    In fp32/fp64 with every dim rotated, each pair is a complex number times a unit rotor: one fused
-    multiply instead of slicing, negating, stacking and concatenating (most of the attention block's
-    non-GEMM time on CPU). Other cases take `apply_rotary`, the reference formula.
+    Eager fp32/fp64 with every dim rotated: each pair is a complex number times a unit rotor, one
+    fused multiply instead of slicing, negating, stacking and concatenating (most of the attention
+    block's non-GEMM time on CPU). Under `torch.compile`, in bf16/fp16, or with dims left unrotated:
+    `rotate_pairs`, the real-valued form of the same rotation.
     """
     rot_dim = sin.shape[-1]
-    if t.dtype in (torch.float32, torch.float64) and rot_dim == t.shape[-1]:
+    if t.dtype in (torch.float32, torch.float64) and rot_dim == t.shape[-1] and not torch.compiler.is_compiling():
         rotor = torch.complex(cos[:, ::2].to(t.dtype), sin[:, ::2].to(t.dtype))  # (N, d/2)
         rotor = torch.cat((torch.ones_like(rotor[:1]), rotor))  # CLS: identity
         pairs = t.unflatten(-1, (-1, 2))
         if pairs.stride(-2) != 2 or pairs.storage_offset() % 2:
             pairs = pairs.contiguous()
         return torch.view_as_real(torch.view_as_complex(pairs) * rotor).flatten(-2)
-    return torch.cat((t[..., :1, :], apply_rotary(t[..., 1:, :], sin, cos)), dim=-2)
+    return rotate_pairs(t, sin, cos)
 
 
 class AxialRotaryEmbedding(nn.Module):

@@ -1,6 +1,8 @@
 """Attention panels: per-head maps for a layer, one query's attention row, the whole model."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from PIL import Image
@@ -19,15 +21,17 @@ def token_index(row: int, col: int, grid: tuple[int, int]) -> int:
     return 1 + row * w + col
 
 
-def query_maps(attention: torch.Tensor, layer: int, grid: tuple[int, int], query: int = 0,
-               batch: int = 0) -> np.ndarray:
+def query_maps(attention: torch.Tensor | Sequence[torch.Tensor], layer: int, grid: tuple[int, int],
+               query: int = 0, batch: int = 0) -> np.ndarray:
     """(H, h, w): how much token `query` (0 = CLS) attends to each patch, per head.
 
-    attention: (L, B, H, Q, N) from a capture (Q = 1 when only the CLS row was kept).
+    attention: (L, B, H, Q, N) from a capture, or `trace.attention_layers` (a list of (B, H, Q, N),
+    which reads one row without stacking anything); Q = 1 when only the CLS row was kept.
     """
-    if query >= attention.shape[-2]:
-        raise ValueError(f"query token {query} was not captured (only {attention.shape[-2]} rows kept)")
-    return tokens_to_grid(attention[layer, batch, :, query, 1:], grid).float().numpy()
+    maps = attention[layer]
+    if query >= maps.shape[-2]:
+        raise ValueError(f"query token {query} was not captured (only {maps.shape[-2]} rows kept)")
+    return tokens_to_grid(maps[batch, :, query, 1:], grid).float().numpy()
 
 
 def heads_image(image: np.ndarray, maps: np.ndarray, title: str, shared_scale: bool = True,
@@ -49,10 +53,10 @@ def heads_image(image: np.ndarray, maps: np.ndarray, title: str, shared_scale: b
     return tile_grid(tiles, cols=min(len(tiles), 4), title=title, labels=labels, bar=bar)
 
 
-def model_view(attention: torch.Tensor, grid: tuple[int, int], layers: list[int] | None = None,
-               batch: int = 0, cmap: str = "inferno", tile: int = 64) -> Image.Image:
+def model_view(attention: torch.Tensor | Sequence[torch.Tensor], grid: tuple[int, int],
+               layers: list[int] | None = None, batch: int = 0, cmap: str = "inferno", tile: int = 64) -> Image.Image:
     """Layers x heads thumbnails of the CLS attention, each map scaled to its own range."""
-    n_layers, _, heads = attention.shape[:3]
+    n_layers, heads = len(attention), attention[0].shape[1]
     tiles = [enlarge(colorize(query_maps(attention, layer, grid, 0, batch)[head], cmap), tile)
              for layer in range(n_layers) for head in range(heads)]
     names = layers if layers is not None else range(n_layers)

@@ -1,4 +1,9 @@
-"""The explorer's panels for one `Analysis`, each a pure function returning a PIL image."""
+"""The explorer's panels for one `Analysis`, each a pure function returning a PIL image.
+
+Attention is read one layer (and, for maps, one row) at a time through `trace.attention_layers`:
+no panel stacks or copies every map. Figures shown on interaction are drawn with Pillow; the
+matplotlib versions (`viz.stats.stats_figure`, `viz.predictions.predictions_figure`) are for export.
+"""
 from __future__ import annotations
 
 import torch
@@ -9,15 +14,15 @@ from rvt.grid import tokens_to_grid
 
 from .attention import heads_image, model_view, query_maps, token_index
 from .mosaic import mark_patch
-from .predictions import predictions_figure
+from .predictions import predictions_image
 from .render import enlarge, figure_to_image, overlay
-from .rollout import attention_rollout, cls_relevance, gradient_rollout
+from .rollout import cls_relevance, rollout
 from .rotary import bands_figure, kernel_figure, nyquist_figure
-from .stats import stats_figure
+from .stats import head_stats_of, stats_image
 
 
 def predictions_panel(analysis: Analysis, k: int = 5) -> Image.Image:
-    return figure_to_image(predictions_figure(analysis.top(k)))
+    return predictions_image(analysis.top(k))
 
 
 def heads_panel(analysis: Analysis, layer: int, query: tuple[int, int] | None = None,
@@ -25,7 +30,7 @@ def heads_panel(analysis: Analysis, layer: int, query: tuple[int, int] | None = 
     """All heads of a layer: CLS attention, or the attention row of patch `query` (row, col)."""
     grid = analysis.grid
     index = 0 if query is None else token_index(*query, grid)
-    maps = query_maps(analysis.trace.attention, layer, grid, index)
+    maps = query_maps(analysis.trace.attention_layers, layer, grid, index)
     what = "CLS token" if query is None else f"patch (row {query[0]}, col {query[1]})"
     return heads_image(analysis.image, maps, f"layer {layer}: where {what} looks", shared_scale,
                        mark=query, grid=grid, silenced=analysis.heads_off.get(layer))
@@ -35,20 +40,20 @@ def head_overlay(analysis: Analysis, layer: int, head: int, query: tuple[int, in
     """One head's map as a plain enlarged overlay (cheap: no figure), for quick head switching."""
     grid = analysis.grid
     index = 0 if query is None else token_index(*query, grid)
-    maps = query_maps(analysis.trace.attention, layer, grid, index)
+    maps = query_maps(analysis.trace.attention_layers, layer, grid, index)
     shown = enlarge(overlay(analysis.image, maps[head]))
     return Image.fromarray(shown if query is None else mark_patch(shown, query, grid))
 
 
 def model_panel(analysis: Analysis) -> Image.Image:
-    return model_view(analysis.trace.attention, analysis.grid, analysis.trace.layers)
+    return model_view(analysis.trace.attention_layers, analysis.grid, analysis.trace.layers)
 
 
 def rollout_map(analysis: Analysis, head_fusion: str = "mean", discard_ratio: float = 0.0,
                 gradients: torch.Tensor | None = None) -> torch.Tensor:
-    attention = analysis.trace.attention
-    rolled = (gradient_rollout(attention, gradients, discard_ratio) if gradients is not None
-              else attention_rollout(attention, head_fusion, discard_ratio))
+    """(h, w) CLS relevance: attention rollout, or gradient rollout when `gradients` (from
+    `rvt.analysis.attention_gradients`) are given; `head_fusion` applies to both. Only the CLS row is rolled."""
+    rolled = rollout(analysis.trace.attention_layers, [0], head_fusion, discard_ratio, gradients)
     return tokens_to_grid(cls_relevance(rolled), analysis.grid)
 
 
@@ -58,8 +63,14 @@ def rollout_panel(analysis: Analysis, head_fusion: str = "mean", discard_ratio: 
     return Image.fromarray(enlarge(overlay(analysis.image, relevance)))
 
 
+def analysis_head_stats(analysis: Analysis) -> dict[str, torch.Tensor]:
+    """{statistic: (L, H)}: recorded during `analyze`'s pass, else computed layer by layer."""
+    recorded = analysis.trace.head_stats
+    return recorded or head_stats_of(analysis.trace.attention_layers, analysis.grid, analysis.patch_size)
+
+
 def stats_panel(analysis: Analysis) -> Image.Image:
-    return figure_to_image(stats_figure(analysis.trace.attention, analysis.grid, analysis.patch_size))
+    return stats_image(analysis_head_stats(analysis), analysis.grid, analysis.patch_size)
 
 
 def bands_panel(analysis: Analysis) -> Image.Image:
