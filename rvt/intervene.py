@@ -49,7 +49,7 @@ def _band_pairs(bands: list, num_bands: int, layer: int) -> list[int]:
     pairs = set()
     for spec in bands:
         axis, band = None, None
-        if isinstance(spec, int):
+        if isinstance(spec, int) and not isinstance(spec, bool):
             axis, band = "both", spec
         elif isinstance(spec, tuple | list) and len(spec) == 2:
             axis, band = spec

@@ -36,6 +36,7 @@ SCHEDULES = ("rvt", "rope", "mixed", "model")
 # normalised to the grid (it interpolates), so only integer-position schedules take the others.
 SCALINGS = {"rvt": ("native",), "model": ("native",), "rope": ("native", "pi", "ntk", "yarn"),
             "mixed": ("native", "pi", "ntk", "yarn")}
+SCALING_NAMES = {"native": "as defined", "pi": "position interpolation", "ntk": "NTK-aware", "yarn": "YaRN"}
 MAX_GRID = 64  # 64x64 patches (e.g. 1024 px at patch 16) keeps every table and kernel under ~10 MB
 MAX_DIM_HEAD = 256
 DEFAULT_VALUE = {"rvt": 28.0, "rope": 100.0, "mixed": 10.0}  # max_freq 28 (the bundled 28/4 model); RoPE-ViT's thetas
@@ -273,7 +274,7 @@ def scale_schedule(schedule: Schedule, train_grid: tuple[int, int], grid: tuple[
         turns = magnitude * torch.tensor(train_grid, dtype=torch.float64) / (2 * math.pi)  # (pairs, 2)
         gamma = ((turns - ramp.alpha) / (ramp.beta - ramp.alpha)).clamp(0, 1)
         factor = (1 - gamma) / s + gamma
-    name = f"{schedule.name}, {mode.upper()} x{float(s.max()):g}"
+    name = f"{schedule.name}, {SCALING_NAMES[mode]} x{float(s.max()):.2f}"
     return replace(schedule, name=name, scales=(scales * factor).float())
 
 
@@ -380,20 +381,18 @@ ALIASING_NOTE = ("A band whose step per patch exceeds π aliases: the phase wrap
 
 def _band_table(view: LabView) -> list[dict]:
     schedule, rows = view.schedule, []
-    span = spans(schedule, view.grid)
-    train_span = spans(view.trained, view.train_grid)
+    unseen = (spans(schedule, view.grid) > spans(view.trained, view.train_grid) * (1 + 1e-6)) \
+        & (spans(view.trained, view.train_grid) < 2 * math.pi)  # never a full turn in training, new angles here
+    scales, unseen = schedule.scales.tolist(), unseen.tolist()
+    step, wrapped, train = view.steps.tolist(), wrap(view.steps).tolist(), view.train_steps.tolist()
     for p in range(schedule.pairs):
         for a, axis in enumerate(("row", "col")):
-            if schedule.axial and schedule.scales[p, a] == 0:
+            if schedule.axial and scales[p][a] == 0:
                 continue  # an axial pair does not turn along the other axis
-            step, wrapped = float(view.steps[p, a]), float(wrap(view.steps[p, a]))
             rows.append({"axis": axis, "band": p % schedule.bands if schedule.axial else p, "pair": p,
-                         "frequency": float(schedule.scales[p, a]) * schedule.unit,
-                         "step": step, "wrapped_step": wrapped, "aliases": step > math.pi,
-                         "train_step": float(view.train_steps[p, a]),
-                         # In training this band never completed a turn, and here it reaches new angles.
-                         "unseen_angles": bool(span[p, a] > train_span[p, a] * (1 + 1e-6)
-                                               and train_span[p, a] < 2 * math.pi)})
+                         "frequency": scales[p][a] * schedule.unit, "step": step[p][a],
+                         "wrapped_step": wrapped[p][a], "aliases": step[p][a] > math.pi,
+                         "train_step": train[p][a], "unseen_angles": unseen[p][a]})
     return rows
 
 
@@ -484,14 +483,16 @@ def band_usage(analysis: Analysis, schedule: Schedule, rule: RoleRule = RoleRule
 def band_ablation(bundle: Bundle, analysis: Analysis, bands_off: dict[int, list]) -> dict:
     """What-if: the same input with chosen rotary bands switched off in chosen layers (rvt.intervene).
 
-    Returns "analysis" (the new Analysis), "before"/"after" top-5 predictions, and "attention_change"
-    (L, H): total variation between old and new attention rows, averaged over queries (0 same, 1 disjoint).
+    Returns "analysis" (the new Analysis), "before"/"after" top-5 predictions, "attention_change" (L, H):
+    total variation between old and new attention rows, averaged over queries (0 same, 1 disjoint), and
+    "bands_off" as given.
     """
     with intervene(bundle.model, bands_off=bands_off):
         after = analyze_input(bundle, analysis.input, analysis.image, heads_off=analysis.heads_off,
                               rotary_off=analysis.rotary_off)
     change = 0.5 * (after.trace.attention - analysis.trace.attention).abs().sum(-1).mean(dim=(1, 3))
-    return {"analysis": after, "before": analysis.top(5), "after": after.top(5), "attention_change": change}
+    return {"analysis": after, "before": analysis.top(5), "after": after.top(5), "attention_change": change,
+            "bands_off": {int(k): list(v) for k, v in bands_off.items() if v}}
 
 
 # ---------------------------------------------------------------- resolution sweep with a model

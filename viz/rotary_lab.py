@@ -68,6 +68,14 @@ class _Sheet:
         self.text((x + w + 3, y), fmt.format(vmax), 10)
         self.text((x + w + 3, y + h), fmt.format(vmin), 10, anchor="lb")
 
+    def key(self, xy, items) -> None:
+        """A one-line key: a coloured square and its label per item."""
+        x, y = xy
+        for label, colour in items:
+            self.draw.rectangle([x, y + 2, x + 10, y + 10], fill=colour)
+            self.text((x + 14, y), label, 10)
+            x += 26 + self.draw.textlength(label, font=_font(10))
+
 
 class _Chart:
     """Axes in data coordinates over a pixel box of a sheet: frame, ticks, bars, lines, markers."""
@@ -118,15 +126,6 @@ class _Chart:
             self.draw.line([x, py, min(x + dash, self.x0 + self.w), py], fill=fill, width=1)
         if label:
             self.sheet.text((self.x0 + self.w - 3, py - 2), label, 11, anchor="rb", fill=fill)
-
-    def legend(self, items, corner: str = "right") -> None:
-        y = self.y0 + 5
-        for label, colour in items:
-            tw = self.draw.textlength(label, font=_font(10))
-            x = self.x0 + self.w - tw - 22 if corner == "right" else self.x0 + 6
-            self.draw.rectangle([x, y + 2, x + 10, y + 10], fill=colour)
-            self.sheet.text((x + 14, y), label, 10)
-            y += 14
 
 
 def _ticks(lo: float, hi: float, count: int = 5, fmt: str = "{:g}") -> list[tuple[float, str]]:
@@ -196,7 +195,7 @@ def steps_figure(view: LabView) -> Image.Image:
         index = {0: list(range(schedule.pairs)), 1: list(range(schedule.pairs))}
     top = max(float(view.steps.max()), float(view.train_steps.max()), math.pi) * 1.08
     wrapped = view.wrapped
-    sheet = _Sheet(330)
+    sheet = _Sheet(346)
     counts = view.aliasing()
     alias_text = ", ".join(f"{counts[a]} of {schedule.bands} {'row' if a == 'row' else 'column'} bands"
                            for a in ("row", "col")) if schedule.axial else f"{sum(counts.values())} pair-axes"
@@ -207,7 +206,7 @@ def steps_figure(view: LabView) -> Image.Image:
         pairs = index[a]
         x0 = 50 + i * (panel_w + 40)
         n = len(pairs)
-        chart = _Chart(sheet, (x0, 70, panel_w, 170), (-0.6, n - 0.4), (0, top),
+        chart = _Chart(sheet, (x0, 86, panel_w, 170), (-0.6, n - 0.4), (0, top),
                        xticks=[(j, str(j)) for j in range(0, n, 1 + n // 20)], yticks=_ticks(0, top),
                        xlabel="band" if schedule.axial else "pair", ylabel="rad per patch", title=name)
         for j, p in enumerate(pairs):
@@ -218,12 +217,11 @@ def steps_figure(view: LabView) -> Image.Image:
                 tx, ty = chart.px(j - 0.2, float(view.train_steps[p, a]))
                 chart.draw.line([tx - 5, ty, tx + 5, ty], fill=INK, width=2)
         chart.hline(math.pi, INK, "π (Nyquist)")
-        items = [("unwrapped", UNWRAPPED), ("unwrapped > π", ALIASED), ("wrapped (seen)", WRAPPED)]
-        if view.train_grid != view.grid:
-            items.append((f"at training grid {view.train_grid[0]}x{view.train_grid[1]}", INK))
-        if i == 0:
-            chart.legend(items, corner="left")
-    sheet.paragraph((10, 276), ALIASING_NOTE, 110, 11)
+    items = [("unwrapped", UNWRAPPED), ("unwrapped > π", ALIASED), ("wrapped (what the model sees)", WRAPPED)]
+    if view.train_grid != view.grid:
+        items.append((f"unwrapped at the training grid {view.train_grid[0]}x{view.train_grid[1]}", INK))
+    sheet.key((10, 42), items)
+    sheet.paragraph((10, 292), ALIASING_NOTE, 110, 11)
     return sheet.image
 
 
@@ -272,13 +270,9 @@ def kernel_figure(view: LabView, head: dict | None = None) -> Image.Image:
         if head_cuts:
             hx, hy = head_cuts[name]
             chart.line(hx, hy, tuple(int(c * 0.55 + 255 * 0.45) for c in CUT_COLOURS[name]), 1)
-    x, y = box[0], box[1] - 30
-    sheet.text((x, y - 2), "1-D cuts of the idealised kernel" + (" (pale: this head, rotation only)" if head else ""),
-               11)
-    for name, colour in CUT_COLOURS.items():
-        sheet.draw.rectangle([x, y + 16, x + 10, y + 24], fill=colour)
-        sheet.text((x + 14, y + 14), name, 10)
-        x += 24 + sheet.draw.textlength(name, font=_font(10))
+    sheet.text((box[0], box[1] - 32), "1-D cuts of the idealised kernel"
+               + (" (pale: this head, rotation only)" if head else ""), 11)
+    sheet.key((box[0], box[1] - 16), list(CUT_COLOURS.items()))
     return sheet.image
 
 
@@ -331,8 +325,11 @@ def ablation_figure(result: dict) -> Image.Image:
     change = result["attention_change"].numpy()  # (L, H)
     layers, heads = change.shape
     cell = max(12, min(36, 260 // max(layers, heads)))
-    sheet = _Sheet(max(60 + cell * layers + 30, 190))
+    sheet = _Sheet(max(70 + cell * layers + 30, 190))
     sheet.text((10, 6), "Switching off rotary bands: what changes", 14)
+    spec = lambda b: str(b) if isinstance(b, int) else f"{b[0]} {b[1]}"  # 2 or ("row", 2)
+    off = "; ".join(f"L{layer}: " + ", ".join(map(spec, bands)) for layer, bands in result.get("bands_off", {}).items())
+    sheet.paragraph((10, 158), textwrap.shorten(f"bands off: {off or 'none'}", 300), 58, 10)
     for c, (title, top) in enumerate((("before", result["before"]), ("after", result["after"]))):
         x = 10 + c * 170
         sheet.text((x, 32), title, 12)
@@ -341,10 +338,12 @@ def ablation_figure(result: dict) -> Image.Image:
     x0 = 380
     vmax = max(float(change.max()), 1e-6)
     sheet.text((x0, 32), "attention change per layer (rows) × head", 11)
-    sheet.heat((x0 + 24, 52, cell * heads, cell * layers), change, "magma", 0.0, vmax)
+    sheet.heat((x0 + 24, 66, cell * heads, cell * layers), change, "magma", 0.0, vmax)
+    for head in range(heads):
+        sheet.text((x0 + 24 + cell * (head + 0.5), 62), f"H{head}", 10, anchor="mb")
     for layer in range(layers):
-        sheet.text((x0 + 20, 52 + cell * (layer + 0.5)), f"L{layer}", 10, anchor="rm")
-    sheet.colorbar((x0 + 30 + cell * heads, 52, 8, cell * layers), "magma", 0.0, vmax)
+        sheet.text((x0 + 20, 66 + cell * (layer + 0.5)), f"L{layer}", 10, anchor="rm")
+    sheet.colorbar((x0 + 30 + cell * heads, 66, 8, cell * layers), "magma", 0.0, vmax)
     return sheet.image
 
 
@@ -385,12 +384,7 @@ def sweep_figure(sweep: dict) -> Image.Image:
             ys = [r[key][layer] for r in rows]
             chart.line(xs, ys, colour, 2)
             chart.dots(xs, ys, colour)
-    x = 50
-    for layer in range(layers):
-        colour, name = LINE_COLOURS[layer % len(LINE_COLOURS)], f"layer {layer}"
-        sheet.draw.rectangle([x, 432, x + 10, 440], fill=colour)
-        sheet.text((x + 14, 430), name, 10)
-        x += 24 + sheet.draw.textlength(name, font=_font(10))
+    sheet.key((50, 430), [(f"layer {i}", LINE_COLOURS[i % len(LINE_COLOURS)]) for i in range(layers)])
     skipped = ", ".join(f"{s['grid'][0]}x{s['grid'][1]} ({s['reason']})" for s in sweep["skipped"])
     if skipped:
         sheet.paragraph((10, 452), f"skipped: {skipped}", 110, 10)
