@@ -25,11 +25,10 @@ from rvt.analysis import analyze  # noqa: E402
 from rvt.rotary_lab import (  # noqa: E402
     band_usage,
     build_schedule,
-    head_kernel,
+    head_kernels,
     lab_bands,
     lab_view,
     model_schedule,
-    score_kernel,
 )
 from viz.render import figure_to_image  # noqa: E402
 from viz.rotary import nyquist_figure  # noqa: E402
@@ -74,8 +73,7 @@ def main() -> None:
     bundle, image, source = bundle_and_image()
     analysis = analyze(bundle, image)
     schedule = model_schedule(bundle.model)
-    trace, layer = analysis.trace, analysis.trace.layers[-1]
-    qk = {name: trace.qk(name)[-1, 0, 0] for name in ("q", "k", "q_rot", "k_rot")}
+    layer = analysis.trace.layers[-1]
     model_view = lab_view(schedule, analysis.grid, bundle.train_grid)
     view = lab_view(build_schedule("rvt", 24, 28.0), (7, 7))
     variants = {"Rotary tab Nyquist, matplotlib (reference)":
@@ -86,9 +84,7 @@ def main() -> None:
         "phase picture, 28/4": lambda: phase_figure(view),
         "steps picture, 28/4": lambda: steps_figure(view),
         "kernel picture, 28/4": lambda: kernel_figure(view),
-        "head kernels + picture (model)": lambda: kernel_figure(model_view, {
-            "title": f"layer {layer}, head 0", "mean_qk": head_kernel(qk["q"], qk["k"], schedule, analysis.grid),
-            "scores": score_kernel(qk["q_rot"], qk["k_rot"], analysis.grid)}),
+        "head kernels + picture (model)": lambda: kernel_figure(model_view, head_kernels(analysis, schedule, layer, 0)),
         "band usage + picture (model)": lambda: usage_figure(band_usage(analysis, schedule)),
     }
     timings = thread_percentiles(variants, args.repeats)

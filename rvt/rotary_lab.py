@@ -28,6 +28,8 @@ from einops import rearrange, repeat
 from PIL import Image
 
 from .analysis import Analysis, analyze, analyze_input
+from .budget import BudgetError, default_budget
+from .capture import patch_distances
 from .checkpoint import Bundle
 from .intervene import intervene
 
@@ -334,6 +336,21 @@ def score_kernel(q_rot: torch.Tensor, k_rot: torch.Tensor, grid: tuple[int, int]
     return (total / count).reshape(2 * h - 1, 2 * w - 1)
 
 
+def head_kernels(analysis: Analysis, schedule: Schedule, layer: int, head: int, query: int | None = None) -> dict:
+    """`head_kernel` and `score_kernel` for one head of an Analysis captured with q/k, titled, as
+    viz.rotary_lab.kernel_figure takes them. query: a patch index (row-major) or None for the mean."""
+    trace = analysis.trace
+    if layer not in trace.layers or not 0 <= head < trace.qk("q").shape[2]:
+        raise ValueError(f"layer {layer} / head {head} not in this analysis: layers {trace.layers}, "
+                         f"heads 0..{trace.qk('q').shape[2] - 1}")
+    at = trace.layers.index(layer)
+    q, k, q_rot, k_rot = (trace.qk(name)[at, 0, head] for name in ("q", "k", "q_rot", "k_rot"))
+    where = "mean patch query" if query is None else f"patch {divmod(query, analysis.grid[1])}"
+    return {"title": f"layer {layer}, head {head} ({where})",
+            "mean_qk": head_kernel(q, k, schedule, analysis.grid, query),
+            "scores": score_kernel(q_rot, k_rot, analysis.grid)}
+
+
 def kernel_cuts(kernel: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """1-D cuts of an offset kernel (2h-1, 2w-1) through zero: along the row axis (column offset 0),
     the column axis and the diagonal; each (offsets in patches, values)."""
@@ -498,7 +515,6 @@ def band_ablation(bundle: Bundle, analysis: Analysis, bands_off: dict[int, list]
 # ---------------------------------------------------------------- resolution sweep with a model
 
 SWEEP_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
-SWEEP_BYTES = 1.5e9  # attention kept per size: L * H * (1 + N)^2 floats; larger sizes are skipped, not swapped
 
 
 def _sweep_grids(train_grid: tuple[int, int], scales: Sequence) -> list[tuple[object, tuple[int, int]]]:
@@ -515,39 +531,37 @@ def _sweep_grids(train_grid: tuple[int, int], scales: Sequence) -> list[tuple[ob
 
 def resolution_sweep(bundle: Bundle, image: Image.Image, scales: Sequence = SWEEP_SCALES,
                      progress: Callable[[float], None] | None = None, check: Callable[[], None] | None = None,
-                     max_bytes: float = SWEEP_BYTES) -> dict:
+                     budget: int | None = None) -> dict:
     """Run the model on `image` resized to grids of `scales` x the training grid (a factor, or a
     (rows, cols) pair of factors), one pass each.
 
     Per size: prediction, attention entropy per layer (nats, and as a share of its maximum log(1 + N)),
-    mean attention distance per layer (px at that size, in patches, and relative to uniform attention).
+    mean attention distance per layer (px at that size, in patches, and relative to uniform attention),
+    each the mean over heads of the statistics `analyze` records during its pass. Sizes whose analysis
+    would exceed `budget` bytes (rvt.budget; default `default_budget()`) are skipped with the reason.
     Sizes are images upsampled or downsampled, so part of any change is the content's scale, not rotary.
     `progress(fraction)` after each size; `check()` before each (raise in it to stop).
     """
-    from viz.stats import attention_entropy, mean_attention_distance  # viz depends on rvt, not the reverse
-
+    budget = default_budget() if budget is None else budget
     train_grid, patch = bundle.train_grid, bundle.config.patch_size
     grids = _sweep_grids(train_grid, scales)
     rows, skipped = [], []
-    depth, heads = bundle.config.depth, bundle.config.heads
     for i, (scale, grid) in enumerate(grids):
         if check is not None:
             check()
-        tokens = grid[0] * grid[1] + 1
-        need = depth * heads * tokens ** 2 * 4 * 1.2  # attention, plus q/k copies
-        if need > max_bytes:
-            skipped.append({"scale": scale, "grid": list(grid), "reason": f"would keep {need / 1e9:.1f} GB of "
-                            f"attention (limit {max_bytes / 1e9:.1f} GB)"})
+        size = (grid[0] * patch, grid[1] * patch)
+        try:
+            a = analyze(bundle, image, size, budget=budget)
+        except BudgetError as e:
+            skipped.append({"scale": scale, "grid": list(grid), "reason": str(e)})
         else:
-            a = analyze(bundle, image, (grid[0] * patch, grid[1] * patch))
-            attention = a.trace.attention  # (L, 1, H, N, N)
-            entropy = attention_entropy(attention).mean(-1)  # (L,)
-            distance = mean_attention_distance(attention, grid, patch).mean(-1)  # (L,)
-            uniform = mean_attention_distance(torch.ones(1, 1, 1, tokens, tokens), grid, patch).item()
+            stats = a.trace.head_stats  # {statistic: (L, H)}, recorded during the pass
+            entropy, distance = stats["entropy_nats"].mean(-1), stats["mean_distance_px"].mean(-1)  # (L,)
+            uniform = float(patch_distances(grid, patch).mean())  # a head attending evenly to every patch
             label, prob = a.top(1)[0]
-            rows.append({"scale": scale, "grid": list(grid), "size": [grid[0] * patch, grid[1] * patch],
-                         "label": label, "prob": prob, "probs": a.probs.tolist(),
-                         "entropy": entropy.tolist(), "entropy_share": (entropy / math.log(tokens)).tolist(),
+            rows.append({"scale": scale, "grid": list(grid), "size": list(size), "label": label, "prob": prob,
+                         "probs": a.probs.tolist(), "entropy": entropy.tolist(),
+                         "entropy_share": (entropy / math.log(grid[0] * grid[1] + 1)).tolist(),
                          "distance_px": distance.tolist(), "distance_patches": (distance / patch).tolist(),
                          "distance_rel": (distance / uniform).tolist() if uniform else [0.0] * len(distance)})
         if progress is not None:

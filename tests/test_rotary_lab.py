@@ -9,6 +9,7 @@ from PIL import Image
 
 from rvt import RvT, capture, intervene
 from rvt.analysis import analyze
+from rvt.budget import estimate_bytes
 from rvt.checkpoint import Bundle
 from rvt.preprocess import Preprocess
 from rvt.rotary import AxialRotaryEmbedding, apply_rotary
@@ -20,6 +21,7 @@ from rvt.rotary_lab import (
     build_schedule,
     fast_pairs,
     head_kernel,
+    head_kernels,
     ideal_kernel,
     kernel_cuts,
     lab_bands,
@@ -48,6 +50,7 @@ from viz.rotary_lab import (
     sweep_figure,
     usage_figure,
 )
+from viz.stats import attention_entropy
 
 
 @pytest.mark.parametrize("dim_head,max_freq,n", [(24, 28, 7), (64, 224, 14), (16, 28, 7), (26, 30, 5), (4, 10, 3)])
@@ -277,6 +280,13 @@ def image():
 
 def test_band_usage_and_ablation_on_a_model(bundle, image):
     analysis = analyze(bundle, image)
+    kernels = head_kernels(analysis, model_schedule(bundle.model), layer=1, head=1)
+    q, k = analysis.trace.qk("q")[1, 0, 1], analysis.trace.qk("k")[1, 0, 1]
+    assert torch.equal(kernels["mean_qk"], head_kernel(q, k, model_schedule(bundle.model), (7, 7)))
+    assert kernels["scores"].shape == (13, 13) and "layer 1, head 1" in kernels["title"]
+    assert kernel_figure(lab_view(model_schedule(bundle.model), (7, 7)), kernels).width == 700
+    with pytest.raises(ValueError, match="not in this analysis"):
+        head_kernels(analysis, model_schedule(bundle.model), layer=2, head=0)
     usage = band_usage(analysis, model_schedule(bundle.model))
     assert usage["usage"].shape == (2, 2, 8) and len(usage["roles"]) == 2 and len(usage["pair_labels"]) == 8
     same = band_ablation(bundle, analysis, {})
@@ -303,8 +313,13 @@ def test_resolution_sweep_progress_check_and_budget(bundle, image):
 
     with pytest.raises(InterruptedError):
         resolution_sweep(bundle, image, scales=(1.0, 2.0, 3.0), check=stop)
-    small = resolution_sweep(bundle, image, scales=(1.0, 4.0), max_bytes=2e6)
+    small = resolution_sweep(bundle, image, scales=(1.0, 4.0), budget=estimate_bytes(bundle.config, (56, 56)))
     assert [r["grid"] for r in small["rows"]] == [[7, 7]] and small["skipped"][0]["grid"] == [28, 28]
+    assert "memory budget" in small["skipped"][0]["reason"]
+    # The recorded statistics are the stored attention's (viz.stats computes them independently).
+    full = analyze(bundle, image, (56, 56))
+    entropy = attention_entropy(full.trace.attention).mean(-1)
+    assert torch.allclose(torch.tensor(sweep["rows"][2]["entropy"]), entropy, atol=1e-5)
     with pytest.raises(ValueError, match="sweep scale"):
         resolution_sweep(bundle, image, scales=(0.0,))
     assert sweep_figure(sweep).width == 700
