@@ -1,4 +1,10 @@
-"""Captum attributions on the input pixels, with progress reported as examples evaluated."""
+"""Captum attributions on the input pixels against a stated baseline, with progress reported as examples evaluated.
+
+A baseline is the input that stands for "nothing here": Integrated Gradients integrates from it to
+the input (its scores add up to logit(input) - logit(baseline)), GradientShap samples between it and
+the input, Occlusion pastes its pixels over each window. Which one is a choice with consequences:
+against a flat grey, the black background of a Fashion-MNIST image counts as evidence.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,19 +13,27 @@ import numpy as np
 import torch
 from captum.attr import GradientShap, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 from matplotlib.figure import Figure
+from PIL import Image, ImageFilter
+
+from rvt.preprocess import Preprocess
 
 from .render import new_figure
 
 METHODS = ("Integrated Gradients", "Saliency", "Occlusion", "GradientShap")
+BASELINES = ("black", "blur", "mean", "noise")
+NOISE_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")  # captum NoiseTunnel's reductions of the noisy maps
 
 
 class _Counted:
     """Wraps the model so every forward reports how many examples have been evaluated so far."""
 
-    def __init__(self, model: torch.nn.Module, total: int, progress: Callable[[float], None] | None):
-        self.model, self.total, self.progress, self.done = model, max(1, total), progress, 0
+    def __init__(self, model: torch.nn.Module, total: int, progress: Callable[[float], None] | None,
+                 check: Callable[[], None] | None):
+        self.model, self.total, self.progress, self.check, self.done = model, max(1, total), progress, check, 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.check is not None:
+            self.check()
         out = self.model(x)
         self.done += x.shape[0]
         if self.progress is not None:
@@ -27,14 +41,112 @@ class _Counted:
         return out
 
 
-def attribute(model: torch.nn.Module, x: torch.Tensor, target: int, method: str = "Integrated Gradients",
-              steps: int = 32, noise_tunnel: bool = False, batch_size: int = 64,
-              progress: Callable[[float], None] | None = None) -> torch.Tensor:
-    """Attribution (1, C, H, W) of class `target` for a single input x (1, C, H, W).
+def _stats(preprocess: Preprocess, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(preprocess.mean, dtype=x.dtype, device=x.device)[:, None, None]
+    std = torch.tensor(preprocess.std, dtype=x.dtype, device=x.device)[:, None, None]
+    return mean, std
 
-    steps: IG interpolation steps / GradientShap samples. The baseline is the all-zero input, which
-    after normalisation is the training set's mean image. Occlusion slides a window of about a
-    seventh of the image side with half-window strides; noise_tunnel wraps the method in SmoothGrad.
+
+def blur_sigma(image_hw: tuple[int, int]) -> float:
+    """The blur baseline's Gaussian sigma in pixels: a seventh of the shorter side (4 px at 28x28)."""
+    return max(1.0, min(image_hw) / 7)
+
+
+def baseline_input(x: torch.Tensor, baseline: str, preprocess: Preprocess, samples: int = 1,
+                   seed: int = 0) -> torch.Tensor:
+    """The model input (samples, C, H, W) standing for "nothing" beside a normalised input x (1, C, H, W).
+
+    black: a black image, the model input preprocess.normalize(0) (Fashion-MNIST's background);
+    blur: x blurred with a Gaussian of `blur_sigma` (Pillow, on the 8-bit image);
+    mean: a flat image at the training set's mean intensity (normalised, that is 0);
+    noise: uniform noise over [0, 1] in pixel units, a fresh draw per sample from `seed`.
+    Only "noise" differs between samples.
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
+    if not isinstance(preprocess, Preprocess):
+        raise TypeError(f"preprocess must be the checkpoint's Preprocess (it holds the normalisation), "
+                        f"not {type(preprocess).__name__}")
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != len(preprocess.mean):
+        raise ValueError(f"expected one normalised image (1, {len(preprocess.mean)}, H, W), got {tuple(x.shape)}")
+    return _baseline_input(x.detach(), baseline, preprocess, samples, seed)
+
+
+def _baseline_input(x, baseline, preprocess, samples, seed):
+    mean, std = _stats(preprocess, x)
+    if baseline == "black":
+        unit = torch.zeros_like(x)
+    elif baseline == "mean":
+        unit = mean.expand_as(x[0])[None]
+    elif baseline == "noise":
+        generator = torch.Generator().manual_seed(seed)
+        unit = torch.rand((samples, *x.shape[1:]), generator=generator).to(x)
+    else:
+        pixels = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().cpu().numpy()  # (C, H, W)
+        image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+        blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(blur_sigma(x.shape[-2:]))), np.float32) / 255
+        unit = torch.from_numpy(blurred[None] if blurred.ndim == 2 else blurred.transpose(2, 0, 1))[None].to(x)
+    normalised = (unit - mean) / std
+    return normalised if baseline == "noise" else normalised.expand(samples, -1, -1, -1).contiguous()
+
+
+def describe_baseline(baseline: str, preprocess: Preprocess, image_hw: tuple[int, int] = (28, 28)) -> str:
+    """What the baseline is, in words, e.g. for the text under an attribution."""
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
+    grey = "/".join(f"{round(m * 255)}" for m in preprocess.mean)
+    return {
+        "black": "a black image (the dataset's background)",
+        "blur": f"the input blurred (Gaussian, sigma {blur_sigma(image_hw):.0f} px)",
+        "mean": f"a flat grey at the training set's mean intensity ({grey}/255)",
+        "noise": "uniform noise over the pixel range (seeded)",
+    }[baseline]
+
+
+def describe(method: str, baseline: str, preprocess: Preprocess, noise_tunnel: bool | str = False,
+             image_hw: tuple[int, int] = (28, 28)) -> str:
+    """One line naming what `attribute(method, baseline=..., noise_tunnel=...)` computed, for the UI."""
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
+    what = describe_baseline(baseline, preprocess, image_hw)
+    text = {
+        "Integrated Gradients": f"Integrated Gradients from {what} to the input: the scores add up to the class "
+                                f"logit of the input minus that of the baseline.",
+        "Saliency": "Saliency: the gradient of the class logit at the input (no baseline).",
+        "Occlusion": f"Occlusion: each window replaced by {what}; a score is the drop of the class logit.",
+        "GradientShap": f"GradientShap: gradients at random points between {what} and the noised input, "
+                        f"times their distance.",
+    }[method]
+    nt_type = _noise_type(noise_tunnel)
+    if nt_type is not None:
+        text += {"smoothgrad": " Averaged over 8 noisy copies of the input (SmoothGrad).",
+                 "smoothgrad_sq": " Mean square over 8 noisy copies of the input (SmoothGrad squared).",
+                 "vargrad": " Variance over 8 noisy copies of the input (VarGrad)."}[nt_type]
+    return text
+
+
+def _noise_type(noise_tunnel: bool | str) -> str | None:
+    if noise_tunnel is True:
+        return "smoothgrad"
+    if noise_tunnel is False or noise_tunnel is None:
+        return None
+    if noise_tunnel not in NOISE_TYPES:
+        raise ValueError(f"noise_tunnel must be True, False or one of {', '.join(NOISE_TYPES)}, not {noise_tunnel!r}")
+    return noise_tunnel
+
+
+def attribute(model: torch.nn.Module, x: torch.Tensor, target: int, method: str = "Integrated Gradients",
+              steps: int = 32, noise_tunnel: bool | str = False, batch_size: int = 64,
+              progress: Callable[[float], None] | None = None, *, baseline: str = "black",
+              preprocess: Preprocess | None = None, occlusion: tuple[int, int] | None = None,
+              check: Callable[[], None] | None = None) -> torch.Tensor:
+    """Attribution (1, C, H, W) of class `target` for a single normalised input x (1, C, H, W).
+
+    steps: IG interpolation steps / GradientShap samples. baseline: see `baseline_input`; it needs
+    the checkpoint's `preprocess` to know what black is (default: `Preprocess()`, Fashion-MNIST's
+    normalisation). occlusion: (window side, stride) in pixels, default about a seventh of the side
+    with half-window strides. noise_tunnel: True or a NoiseTunnel type wraps the method in SmoothGrad.
+    check: called before every model pass; it raises to cancel.
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
@@ -42,40 +154,43 @@ def attribute(model: torch.nn.Module, x: torch.Tensor, target: int, method: str 
         raise ValueError(f"expected one image (1, C, H, W), got {tuple(x.shape)}")
     if not 1 <= steps <= 512:
         raise ValueError(f"steps must be between 1 and 512, not {steps}")
+    if occlusion is not None and not 1 <= occlusion[1] <= occlusion[0] <= min(x.shape[-2:]):
+        raise ValueError(f"occlusion (window, stride) {occlusion} must satisfy 1 <= stride <= window <= image side")
+    nt_type = _noise_type(noise_tunnel)
+    reference = baseline_input(x, baseline, preprocess or Preprocess(), samples=8 if baseline == "noise" else 1)
     x = x.detach().clone().requires_grad_(True)  # attributions are w.r.t. this input, never the caller's tensor
-    return _attribute(model, x, target, method, steps, noise_tunnel, batch_size, progress)
+    return _attribute(model, x, target, method, steps, nt_type, batch_size, progress, reference, occlusion, check)
 
 
-def _occlusion_window(x: torch.Tensor) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def _occlusion_window(x: torch.Tensor, occlusion: tuple[int, int] | None):
     side = max(2, min(x.shape[-2:]) // 7)  # about a 7x7 sweep, whatever the resolution
-    stride = max(1, side // 2)
+    side, stride = occlusion or (side, max(1, side // 2))
     return (x.shape[1], side, side), (x.shape[1], stride, stride)
 
 
-def _attribute(model, x, target, method, steps, noise_tunnel, batch_size, progress):
+def _attribute(model, x, target, method, steps, nt_type, batch_size, progress, reference, occlusion, check):
     nt_samples = 8
-    baseline = torch.zeros_like(x)
+    single = reference[:1]  # IG and Occlusion take one baseline; GradientShap samples from all of them
     if method == "Integrated Gradients":
-        total, kwargs = steps, {"baselines": baseline, "n_steps": steps, "internal_batch_size": batch_size}
+        total, kwargs = steps, {"baselines": single, "n_steps": steps, "internal_batch_size": batch_size}
     elif method == "Saliency":
         total, kwargs = 1, {"abs": False}
     elif method == "GradientShap":
-        # A distribution of baselines (zero and a half-dimmed input), unless SmoothGrad wraps it:
         # NoiseTunnel expands inputs per sample and accepts a single baseline only.
-        baselines = baseline if noise_tunnel else torch.cat([baseline, x * 0.5])
-        total, kwargs = steps, {"baselines": baselines, "n_samples": steps, "stdevs": 0.1}
+        total, kwargs = steps, {"baselines": single if nt_type else reference, "n_samples": steps, "stdevs": 0.1}
     else:
-        window, stride = _occlusion_window(x)
+        window, stride = _occlusion_window(x, occlusion)
         windows = ((x.shape[-2] - window[1]) // stride[1] + 1) * ((x.shape[-1] - window[2]) // stride[2] + 1)
         total, kwargs = windows + 1, {"sliding_window_shapes": window, "strides": stride,
-                                      "baselines": 0.0, "perturbations_per_eval": batch_size}
-    counted = _Counted(model, total * (nt_samples if noise_tunnel else 1), progress)
+                                      "baselines": single, "perturbations_per_eval": batch_size}
+    counted = _Counted(model, total * (nt_samples if nt_type else 1), progress, check)
     algorithm = {"Integrated Gradients": IntegratedGradients, "Saliency": Saliency,
                  "GradientShap": GradientShap, "Occlusion": Occlusion}[method](counted)
-    if noise_tunnel:
+    if nt_type:
         algorithm = NoiseTunnel(algorithm)
         # NoiseTunnel owns the `stdevs` keyword: its input noise replaces GradientShap's.
-        kwargs.update(nt_type="smoothgrad", nt_samples=nt_samples, nt_samples_batch_size=1, stdevs=0.15)
+        kwargs.update(nt_type=nt_type, nt_samples=nt_samples, stdevs=0.15,
+                      nt_samples_batch_size=nt_samples if method == "Saliency" else 1)
     with torch.enable_grad():
         result = algorithm.attribute(x, target=target, **kwargs)
     if progress is not None:
@@ -83,12 +198,35 @@ def _attribute(model, x, target, method, steps, noise_tunnel, batch_size, progre
     return result.detach()
 
 
-def attribution_figure(image: np.ndarray, attribution: torch.Tensor, title: str) -> Figure:
-    """Input, signed attribution (red for, blue against the class), and positive evidence overlaid."""
+def smoothgrad_maps(model: torch.nn.Module, x: torch.Tensor, target: int, samples: int = 8, stdev: float = 0.15,
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """SmoothGrad, SmoothGrad squared and VarGrad of the Saliency gradient, each (1, C, H, W).
+
+    What captum's NoiseTunnel computes for each type, from one batch of `samples` noisy copies of x
+    (Gaussian noise of `stdev`, normalised units, drawn from `seed`) shared by the three reductions.
+    """
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"expected one image (1, C, H, W), got {tuple(x.shape)}")
+    if samples < 2:
+        raise ValueError(f"samples must be at least 2 (VarGrad is a variance), not {samples}")
+    generator = torch.Generator().manual_seed(seed)
+    noisy = x.detach() + stdev * torch.randn((samples, *x.shape[1:]), generator=generator).to(x)  # (S, C, H, W)
+    with torch.enable_grad():
+        grads = Saliency(model).attribute(noisy.requires_grad_(True), target=target, abs=False).detach()
+    mean = grads.mean(0, keepdim=True)
+    squares = (grads ** 2).mean(0, keepdim=True)
+    return {"smoothgrad": mean, "smoothgrad_sq": squares, "vargrad": squares - mean ** 2}
+
+
+def attribution_figure(image: np.ndarray, attribution: torch.Tensor, title: str, note: str = "") -> Figure:
+    """Input, signed attribution (red for, blue against the class), and positive evidence overlaid.
+
+    note: a line under the panels, e.g. `describe(...)`, so the picture names its baseline.
+    """
     signed = attribution[0].sum(0).float().numpy()  # (H, W): channels summed
     limit = float(np.abs(signed).max()) or 1.0
     positive = np.clip(signed, 0, None)
-    fig = new_figure(9.5, 3.4)
+    fig = new_figure(9.5, 3.4 if not note else 3.7)
     ax_in, ax_signed, ax_over = fig.subplots(1, 3)
     ax_in.imshow(image, interpolation="nearest")
     ax_in.set_title("input", fontsize=9)
@@ -101,4 +239,6 @@ def attribution_figure(image: np.ndarray, attribution: torch.Tensor, title: str)
     for ax in (ax_in, ax_signed, ax_over):
         ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
+    if note:
+        fig.supxlabel(note, fontsize=8, wrap=True)
     return fig

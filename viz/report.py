@@ -10,15 +10,25 @@ from PIL import Image
 
 from rvt.analysis import Analysis, attention_gradients
 from rvt.checkpoint import Bundle
+from rvt.faithfulness import FaithfulnessConfig, MapSettings, Scorecard, scorecard
 
 from . import panels
-from .attributions import attribute, attribution_figure
+from .attributions import METHODS, attribute, attribution_figure, describe
+from .faithfulness import curves_panel, randomization_panel, scorecard_panel
 from .render import figure_to_image
 from .rotary import aliasing_bands
 from .stats import head_stats
 
 
-def summary(analysis: Analysis, bundle: Bundle) -> dict:
+def summary(analysis: Analysis, bundle: Bundle, faithfulness: Scorecard | None = None) -> dict:
+    """What summary.json holds; with a scorecard, "faithfulness" (method -> numbers, the floor under "random")
+    and "faithfulness_settings" (fill, baseline, rule, how to read each metric)."""
+    extra = {}
+    if faithfulness is not None:
+        settings = faithfulness.settings()
+        if analysis.heads_off or analysis.rotary_off:
+            settings["note"] = "computed on the model without the what-if interventions"
+        extra = {"faithfulness": faithfulness.summary(), "faithfulness_settings": settings}
     return {
         "prediction": [{"label": name, "probability": p} for name, p in analysis.top(5)],
         "input_size": list(analysis.image.shape[:2]),
@@ -29,15 +39,22 @@ def summary(analysis: Analysis, bundle: Bundle) -> dict:
         "aliasing_bands": aliasing_bands(bundle.rotary_scales, analysis.grid),
         "model": bundle.config.to_dict(),
         "checkpoint": bundle.source,
+        **extra,
     }
 
 
 def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions: bool = True,
+                 faithfulness: bool = True, baseline: str = "black",
                  progress: Callable[[float, str], None] | None = None) -> list[Path]:
-    """Write every panel of `analysis` under `out`; returns the files written."""
+    """Write every panel of `analysis` under `out`; returns the files written.
+
+    faithfulness: also score every explanation method (summary.json's "faithfulness", and the curves,
+    randomisation and scorecard pictures under out/faithfulness/). baseline: the attributions' baseline.
+    """
     out.mkdir(parents=True, exist_ok=True)
     tell = progress or (lambda fraction, what: None)
     top_class = int(analysis.probs.argmax())
+    label = analysis.labels[top_class]
     h, w = analysis.grid
     centre = (h // 2, w // 2)
     jobs: dict[str, Callable[[], Image.Image]] = {
@@ -56,19 +73,29 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
         jobs[f"attention_layer{layer}_centre_query"] = lambda layer=layer: panels.heads_panel(analysis, layer, centre)
         jobs[f"rotary_kernel_layer{layer}_head0"] = lambda layer=layer: panels.kernel_panel(analysis, layer, 0, centre)
     if attributions:
-        for method in ("Integrated Gradients", "Saliency", "Occlusion", "GradientShap"):
+        for method in METHODS:
             def job(method=method):
-                attr = attribute(bundle.model, analysis.input.to(bundle.device), top_class, method)
-                return figure_to_image(attribution_figure(analysis.image, attr.cpu(),
-                                                          f"{method}: {analysis.labels[top_class]}"))
+                attr = attribute(bundle.model, analysis.input.to(bundle.device), top_class, method,
+                                 baseline=baseline, preprocess=bundle.preprocess)
+                note = describe(method, baseline, bundle.preprocess, image_hw=analysis.image.shape[:2])
+                return figure_to_image(attribution_figure(analysis.image, attr.cpu(), f"{method}: {label}", note))
             jobs["attribution_" + method.lower().replace(" ", "_")] = job
+    card = None
+    if faithfulness:
+        tell(0.0, "faithfulness")
+        card = scorecard(bundle.model, analysis.input.to(bundle.device), top_class, bundle.preprocess,
+                         FaithfulnessConfig(maps=MapSettings(baseline=baseline)))
+        (out / "faithfulness").mkdir(exist_ok=True)
+        jobs["faithfulness/curves"] = lambda: curves_panel(card, label=label)
+        jobs["faithfulness/randomization"] = lambda: randomization_panel(card)
+        jobs["faithfulness/scorecard"] = lambda: scorecard_panel(card, label)
     written = []
     for i, (name, make) in enumerate(jobs.items()):
         tell(i / (len(jobs) + 2), name)
         path = out / f"{name}.png"
         make().save(path)
         written.append(path)
-    (out / "summary.json").write_text(json.dumps(summary(analysis, bundle), indent=2))
+    (out / "summary.json").write_text(json.dumps(summary(analysis, bundle, card), indent=2))
     trace = analysis.trace
     np.savez_compressed(out / "tensors.npz", attention=trace.attention.numpy(), logits=trace.logits.numpy(),
                         rotary_sin=trace.rotary[0].numpy(), rotary_cos=trace.rotary[1].numpy(),
