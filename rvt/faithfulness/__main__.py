@@ -77,11 +77,14 @@ def main(argv=None) -> None:
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"\n{len(cards)} test images from #{args.start}, predicted class; fill {args.fills[0]}, "
           f"attribution baseline {args.baseline}; thread CPU {np.mean([c.seconds for c in cards]):.2f} s per image\n")
-    print(table(["method", "deletion AUC ↓", "insertion AUC ↑", "randomised ρ", "mean |ρ|",
-                 "passes", "infidelity (median) ↓", "sensitivity (median) ↓"],
-                [[m, fmt(r["deletion_auc"]), fmt(r["insertion_auc"]), fmt(r["randomization_spearman"]),
-                  fmt(r["randomization_mean_abs"]), f"{r['pass_rate']:.0%}", fmt(r["infidelity_median"]),
-                  fmt(r["sensitivity_median"])] for m, r in result.items()]))
+    others = args.fills[1:]
+    print(table(["method", "deletion AUC ↓", "insertion AUC ↑",
+                 *[f"{kind} AUC ({fill})" for fill in others for kind in ("deletion", "insertion")],
+                 "randomised ρ", "mean |ρ|", "passes", "infidelity (median) ↓", "sensitivity (median) ↓"],
+                [[m, fmt(r["deletion_auc"]), fmt(r["insertion_auc"]),
+                  *[fmt(r[f"{kind}_auc_{fill}"]) for fill in others for kind in ("deletion", "insertion")],
+                  fmt(r["randomization_spearman"]), fmt(r["randomization_mean_abs"]), f"{r['pass_rate']:.0%}",
+                  fmt(r["infidelity_median"]), fmt(r["sensitivity_median"])] for m, r in result.items()]))
     stages = cards[0].randomization.stages
     print("\nSpearman of |map| with the trained map, mean over images, as the cascade proceeds:\n")
     print(table(["method", *[f"+{s}" for s in stages]],
