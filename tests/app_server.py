@@ -4,7 +4,8 @@ from __future__ import annotations
 import contextlib
 import socket
 
-import app
+from lens.service import LensService, ServerLimits
+from lens.ui import build_app, launch
 from rvt import load_checkpoint
 
 
@@ -15,12 +16,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(checkpoint):
-    bundle = load_checkpoint(checkpoint, "cpu")
-    demo = app.build_app(bundle)
+def serve(checkpoint, limits: ServerLimits | None = None):
+    """Yields (url, service); the server and everything the service wrote are gone afterwards."""
+    service = LensService(load_checkpoint(checkpoint, "cpu"), limits)
+    demo = build_app(service)
     port = free_port()
     try:
-        app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
-        yield f"http://127.0.0.1:{port}/", bundle
+        launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        yield f"http://127.0.0.1:{port}/", service
     finally:
         demo.close()
+        service.close()

@@ -1,0 +1,458 @@
+"""The explorer's service: models, per-session analyses, model passes and jobs. No Gradio here.
+
+Everything the web page does goes through one `LensService`, so it is unit-tested in milliseconds
+with no server, and the same calls serve the app, the tests and the benchmarks:
+
+    service = LensService(load_checkpoint(path, "cpu"))
+    sid = service.open_session()
+    analysis = service.analyze(sid, "shirt.png")
+    maps = service.attribution(sid, "Integrated Gradients", steps=32)
+
+Model passes never touch a module another request is using: every pass borrows a private replica
+of the session's model from a `ModelPool` (the bundled model is 2.3 MB; a replica costs a deepcopy
+once), so captures, interventions and attributions of different users run side by side without a
+global lock. What a visitor sends is bounded here, never by what the visitor supplies: image and
+analysis sizes by `ServerLimits`, checkpoints by `ModelLimits`, sessions by a time to live and a
+total memory cap (oldest evicted first), jobs by a time limit and a cancel flag checked between
+steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rvt import Bundle, RvT, RvTConfig, load_checkpoint
+from rvt.analysis import Analysis, analyze, analyze_input, attention_gradients
+from rvt.preprocess import Preprocess, read_image
+from viz.attributions import METHODS, attribute
+
+log = logging.getLogger("rvt-lens")
+
+
+NO_IMAGE = "Upload an image (or pick an example) first."
+
+
+class UserError(ValueError):
+    """A request the service refuses; the message says what was wrong and what is accepted."""
+
+
+class SessionExpired(UserError):
+    pass
+
+
+class Cancelled(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one visitor may use. Set by whoever runs the server (flags), never by an upload."""
+
+    max_side: int = 448  # px per side of an inference resolution: 16x the bundled model's 28 px
+    analysis_bytes: int = 512 * 2**20  # one session's cached analysis (attention, q/k) at most
+    total_bytes: int = 4 * 2**30  # all sessions together; the least recently used go first
+    session_ttl: float = 600.0  # seconds of idleness after which a session's analysis is freed
+    job_timeout: float = 120.0  # seconds a heavy job (attribution, export) may run
+    max_steps: int = 128  # attribution steps / samples
+
+
+@dataclass
+class SessionData:
+    """One visitor's state. The model is shared read-only unless the visitor loaded their own."""
+
+    pool: ModelPool
+    analysis: Analysis | None = None
+    path: str | None = None  # the upload the analysis came from, for re-runs at another size
+    gradients: dict[int, torch.Tensor] = field(default_factory=dict)  # class -> attention gradients
+    query: tuple[int, int] | None = None  # patch picked by clicking; None = CLS
+    job: Job | None = None  # the running heavy job, if any
+    export_dir: Path | None = None
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.pool.bundle
+
+    @property
+    def nbytes(self) -> int:
+        own_model = 0 if self.pool.shared else self.pool.nbytes
+        return tensor_bytes(self.analysis) + tensor_bytes(self.gradients) + own_model
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes held by the tensors and arrays inside dataclasses, dicts and sequences (views counted once each)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.untyped_storage().nbytes()
+    if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):  # numpy arrays
+        return int(obj.nbytes)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+class Job:
+    """A heavy computation's cancel flag and deadline; `check()` raises once either is hit."""
+
+    def __init__(self, timeout: float):
+        self.cancelled = threading.Event()
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("Cancelled.")
+        if time.monotonic() > self.deadline:
+            raise Cancelled(f"Stopped after the server's time limit of {self.timeout:.0f} s for one job: "
+                            f"use fewer steps, no SmoothGrad, or a smaller inference resolution.")
+
+
+class ModelPool:
+    """Private replicas of one read-only model: each pass borrows one, so hooks never leak across users."""
+
+    def __init__(self, bundle: Bundle, shared: bool):
+        self.bundle, self.shared = bundle, shared
+        self._free: queue.SimpleQueue[torch.nn.Module] = queue.SimpleQueue()
+        self.nbytes = sum(p.numel() * p.element_size() for p in bundle.model.state_dict().values())
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Bundle]:
+        try:
+            model = self._free.get_nowait()
+        except queue.Empty:
+            model = copy.deepcopy(self.bundle.model)  # at most one replica per concurrent pass
+        try:
+            yield dataclasses.replace(self.bundle, model=model)
+        finally:
+            self._free.put(model)
+
+
+def _init_like_vit(model: RvT, seed: int) -> RvT:
+    """Seeded ViT initialisation from a private generator (no process-wide torch.manual_seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 or name == "cls_token":
+                torch.nn.init.trunc_normal_(p, std=0.02, generator=generator)
+            elif name.endswith("weight"):  # LayerNorm scales
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model
+
+
+RANDOM_RANGES = {  # (min, max, step) of each size an untrained model may have: small enough to build in a second
+    "dim": (16, 256, 16), "depth": (1, 12, 1), "heads": (1, 8, 1), "dim_head": (4, 64, 4),
+    "image_size": (8, 224, 4), "patch_size": (2, 32, 1),
+}
+
+
+@dataclass(frozen=True)
+class RandomSpec:
+    """An untrained RvT to look at the architecture: attention and rotary without training."""
+
+    image_size: int = 28
+    patch_size: int = 4
+    dim: int = 64
+    depth: int = 4
+    heads: int = 4
+    dim_head: int = 16
+    seed: int = 0
+
+    def config(self, num_classes: int) -> RvTConfig:
+        for name, (lo, hi, step) in RANDOM_RANGES.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi or (value - lo) % step:
+                raise UserError(f"random model {name}={value} is not available: choose {lo}..{hi} in steps of {step}")
+        if self.dim_head % 4:
+            raise UserError(f"dim_head must be a multiple of 4 (rows and columns get dim_head / 4 bands "
+                            f"each), not {self.dim_head}")
+        if self.image_size % self.patch_size:
+            raise UserError(f"image size {self.image_size} is not a multiple of the patch size {self.patch_size}")
+        return RvTConfig(image_size=self.image_size, patch_size=self.patch_size, dim=self.dim, depth=self.depth,
+                         heads=self.heads, dim_head=self.dim_head, mlp_dim=2 * self.dim, channels=1,
+                         num_classes=num_classes)
+
+
+class LensService:
+    def __init__(self, bundle: Bundle, limits: ServerLimits | None = None, *, bf16: bool = False,
+                 model_limits=None):
+        self.limits = limits or ServerLimits()
+        self.model_limits = model_limits
+        self.bf16 = bf16
+        self.bundled = ModelPool(bundle, shared=True)
+        self._sessions: dict[str, SessionData] = {}
+        self._lock = threading.Lock()  # guards the session table only; model passes never take it
+        self._exports = Path(tempfile.mkdtemp(prefix="rvt-lens-exports-"))
+        self.passes = 0  # model passes run so far (borrows of a replica), for tests and benchmarks
+
+    @contextlib.contextmanager
+    def _borrow(self, data: SessionData) -> Iterator[Bundle]:
+        with self._lock:
+            self.passes += 1
+        with data.pool.borrow() as replica:
+            yield replica
+
+    # ---- sessions ---------------------------------------------------------------------------------
+
+    def open_session(self) -> str:
+        sid = uuid.uuid4().hex
+        with self._lock:
+            self._sessions[sid] = SessionData(pool=self.bundled)
+        self.sweep()
+        return sid
+
+    def session(self, sid: str | None) -> SessionData:
+        if sid is None:
+            raise UserError(NO_IMAGE)
+        self.sweep()
+        with self._lock:
+            data = self._sessions.get(sid or "")
+            if data is None:
+                raise SessionExpired(f"This session expired after {self.limits.session_ttl:.0f} s idle (or the "
+                                     f"server restarted): upload the image again.")
+            data.last_used = time.monotonic()
+            return data
+
+    def close_session(self, sid: str | None) -> None:
+        with self._lock:
+            data = self._sessions.pop(sid or "", None)
+        if data is not None:
+            self._release(data)
+
+    def _release(self, data: SessionData) -> None:
+        if data.job is not None:
+            data.job.cancelled.set()
+        if data.export_dir is not None:
+            shutil.rmtree(data.export_dir, ignore_errors=True)
+        data.analysis, data.gradients = None, {}
+
+    def sweep(self) -> None:
+        """Free sessions idle past the TTL, then the least recently used until under the memory cap."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [sid for sid, d in self._sessions.items()
+                       if now - d.last_used > self.limits.session_ttl and d.job is None]
+            dropped = [self._sessions.pop(sid) for sid in expired]
+            by_age = sorted(self._sessions.items(), key=lambda item: item[1].last_used)
+            total = sum(d.nbytes for _, d in by_age)
+            for sid, d in by_age:
+                if total <= self.limits.total_bytes:
+                    break
+                if d.job is None:
+                    total -= d.nbytes
+                    dropped.append(self._sessions.pop(sid))
+        for data in dropped:
+            self._release(data)
+
+    @property
+    def live_sessions(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def close(self) -> None:
+        """Free everything and delete what the service wrote to disk (called on shutdown)."""
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for data in sessions:
+            self._release(data)
+        shutil.rmtree(self._exports, ignore_errors=True)
+
+    # ---- models -----------------------------------------------------------------------------------
+
+    def use_bundled(self, sid: str) -> Bundle:
+        return self._set_model(sid, self.bundled)
+
+    def load_checkpoint(self, sid: str, path: str | Path, **hints) -> Bundle:
+        limits = {} if self.model_limits is None else {"limits": self.model_limits}
+        bundle = load_checkpoint(path, self.bundled.bundle.device, **hints, **limits)
+        return self._set_model(sid, ModelPool(bundle, shared=False))
+
+    def random_model(self, sid: str, spec: RandomSpec) -> Bundle:
+        labels = self.bundled.bundle.labels
+        config = spec.config(len(labels))
+        self.check_model_size(config)
+        with torch.random.fork_rng(devices=[]):  # construction draws from the global RNG: restore it after
+            model = _init_like_vit(RvT.from_config(config), spec.seed)
+        model = model.to(self.bundled.bundle.device).eval().requires_grad_(False)
+        size = (config.image_size, config.image_size)
+        bundle = Bundle(model=model, labels=list(labels), config=config, preprocess=Preprocess(image_size=size),
+                        device=self.bundled.bundle.device, source=f"random RvT (seed {spec.seed})",
+                        notes=["untrained: predictions are meaningless; attention and rotary show the architecture"])
+        return self._set_model(sid, ModelPool(bundle, shared=False))
+
+    def check_model_size(self, config: RvTConfig) -> None:
+        if self.model_limits is not None:
+            self.model_limits.check(config)
+
+    def _set_model(self, sid: str, pool: ModelPool) -> Bundle:
+        data = self.session(sid)
+        self._release(data)
+        data.pool, data.path, data.query = pool, None, None
+        return pool.bundle
+
+    # ---- sizes ------------------------------------------------------------------------------------
+
+    def size_range(self, bundle: Bundle) -> tuple[int, int, int]:
+        """(minimum, maximum, step) of an inference side in px: patch steps up to the server's limit."""
+        p = bundle.config.patch_size
+        return p, max(p, self.limits.max_side // p * p), p
+
+    def check_size(self, bundle: Bundle, size: tuple[int, int]) -> tuple[int, int]:
+        height, width = (int(s) for s in size)
+        lo, hi, step = self.size_range(bundle)
+        for name, side in (("height", height), ("width", width)):
+            if not lo <= side <= hi or side % step:
+                raise UserError(f"{name} {side} px is not available: choose a multiple of the patch size "
+                                f"{step} between {lo} and {hi} px.")
+        self._check_memory(bundle, (height, width))
+        return height, width
+
+    def _check_memory(self, bundle: Bundle, size: tuple[int, int]) -> None:
+        c = bundle.config
+        tokens = (size[0] // c.patch_size) * (size[1] // c.patch_size) + 1
+        need = 4 * c.depth * c.heads * (tokens * tokens + 4 * tokens * c.dim_head)  # attention + q/k, fp32
+        if need > self.limits.analysis_bytes:
+            raise UserError(f"{size[0]}x{size[1]} px needs about {need >> 20} MB for its analysis, more than the "
+                            f"{self.limits.analysis_bytes >> 20} MB this server allows one session.")
+
+    # ---- model passes -----------------------------------------------------------------------------
+
+    def analyze(self, sid: str, path: str | Path, size: tuple[int, int] | None = None) -> Analysis:
+        """Decode the upload itself, preprocess as the Python API does, and run one captured pass."""
+        data = self.session(sid)
+        data.analysis, data.gradients, data.query = None, {}, None  # a refused upload leaves nothing stale
+        bundle = data.bundle
+        size = self.check_size(bundle, size or bundle.preprocess.image_size)
+        image = read_image(path)
+        with self._borrow(data) as replica:
+            analysis = analyze(replica, image, size, bf16=self.bf16)
+        data.analysis, data.path = analysis, str(path)
+        self.sweep()
+        return analysis
+
+    def clear(self, sid: str) -> None:
+        data = self.session(sid)
+        data.analysis, data.gradients, data.query, data.path = None, {}, None, None
+
+    def has_analysis(self, sid: str | None) -> bool:
+        with self._lock:
+            data = self._sessions.get(sid or "")
+            return data is not None and data.analysis is not None
+
+    def current(self, sid: str) -> Analysis:
+        analysis = self.session(sid).analysis
+        if analysis is None:
+            raise UserError(NO_IMAGE)
+        return analysis
+
+    def gradients(self, sid: str, target: int) -> torch.Tensor:
+        """Attention gradients for class `target`: one backward pass per class, then cached."""
+        data = self.session(sid)
+        analysis = self.current(sid)
+        target = self.check_class(data.bundle, target)
+        if target not in data.gradients:
+            with self._borrow(data) as replica:
+                data.gradients[target] = attention_gradients(replica, analysis, target)
+        return data.gradients[target]
+
+    def pick_query(self, sid: str, row: int, col: int) -> tuple[int, int]:
+        h, w = self.current(sid).grid
+        if not (0 <= row < h and 0 <= col < w):
+            raise UserError(f"patch (row {row}, column {col}) is outside the {h}x{w} patch grid")
+        self.session(sid).query = (int(row), int(col))
+        return self.session(sid).query
+
+    def reset_query(self, sid: str) -> None:
+        self.session(sid).query = None
+
+    @staticmethod
+    def check_class(bundle: Bundle, target: int | None) -> int:
+        if target is None or not 0 <= int(target) < len(bundle.labels):
+            raise UserError(f"class {target} does not exist: this model has classes 0..{len(bundle.labels) - 1}")
+        return int(target)
+
+    # ---- heavy jobs: one per session, time-limited, cancellable -----------------------------------
+
+    @contextlib.contextmanager
+    def job(self, sid: str) -> Iterator[Job]:
+        data = self.session(sid)
+        with self._lock:
+            if data.job is not None:
+                raise UserError("Another job of yours is still running: wait for it or cancel it first.")
+            data.job = job = Job(self.limits.job_timeout)
+        try:
+            yield job
+        finally:
+            with self._lock:
+                data.job = None
+
+    def cancel(self, sid: str) -> bool:
+        """Ask this session's running job to stop; it does at its next step. True if one was running."""
+        with self._lock:
+            data = self._sessions.get(sid or "")
+            job = data.job if data else None
+        if job is not None:
+            job.cancelled.set()
+        return job is not None
+
+    def attribution(self, sid: str, method: str, steps: int = 32, smooth: bool = False, target: int | None = None,
+                    progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, int]:
+        """Captum attribution of the current analysis for `target` (default: the predicted class)."""
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        if not 1 <= int(steps) <= self.limits.max_steps:
+            raise UserError(f"steps must be between 1 and {self.limits.max_steps}, not {steps}")
+        analysis = self.current(sid)
+        data = self.session(sid)
+        target = int(analysis.probs.argmax()) if target is None else self.check_class(data.bundle, target)
+        with self.job(sid) as job, self._borrow(data) as replica:
+            def tick(fraction: float) -> None:
+                job.check()
+                if progress is not None:
+                    progress(fraction)
+            attr = attribute(replica.model, analysis.input.to(replica.device), target, method, int(steps),
+                             bool(smooth), progress=tick)
+        return attr.cpu(), target
+
+    def whatif(self, sid: str, heads_off: dict[int, list[int]], rotary_off: list[int]) -> Analysis:
+        analysis = self.current(sid)
+        if not any(heads_off.values()) and not rotary_off:
+            raise UserError("Choose at least one head or one layer to switch off.")
+        data = self.session(sid)
+        with self._borrow(data) as replica:
+            return analyze_input(replica, analysis.input, analysis.image, heads_off=heads_off,
+                                 rotary_off=rotary_off, bf16=self.bf16)
+
+    def export(self, sid: str, progress: Callable[[float, str], None] | None = None) -> Path:
+        """A zip of every panel, summary.json and tensors.npz, in the service's managed folder."""
+        from viz.report import write_report
+
+        analysis = self.current(sid)
+        data = self.session(sid)
+        if data.export_dir is not None:
+            shutil.rmtree(data.export_dir, ignore_errors=True)  # one export per session on disk
+        data.export_dir = Path(tempfile.mkdtemp(prefix="export-", dir=self._exports))
+        with self.job(sid) as job, self._borrow(data) as replica:
+            def tick(fraction: float, what: str) -> None:
+                job.check()
+                if progress is not None:
+                    progress(fraction, what)
+            write_report(analysis, replica, data.export_dir / "report", progress=tick)
+        return Path(shutil.make_archive(str(data.export_dir / "rvt-lens-report"), "zip", data.export_dir / "report"))

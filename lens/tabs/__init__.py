@@ -1,0 +1,71 @@
+"""One module per part of the page. Each builds its components, wires its own events, and says how to
+draw itself from the session's current analysis (`draw`) and how to empty itself (`clear`).
+
+`lens.ui` calls every part's `draw` or `clear` after each new analysis, so no panel ever shows an older
+image's results: parts marked `lazy` draw only while visible (and when opened), parts that hold the
+result of an explicit action (attributions, what-if, export) are cleared instead of redrawn.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from lens.service import LensService
+
+
+@dataclass
+class Context:
+    service: LensService
+    session: gr.State  # the visitor's session id (str), None before the first upload
+    visible: gr.State  # title of the tab on screen
+    shared: dict[str, Any] = field(default_factory=dict)  # components other parts read, by name
+
+
+class Part:
+    title = ""
+    api = ""  # api_name of the tab's select event
+    lazy = False  # draw only while visible: the tab's select event draws it when opened
+    redraw = True  # False: its outputs are results of an explicit action, cleared on a new analysis
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.inputs: list = []  # components draw() reads
+        self.names: list[str] = []  # their parameter names on the API page, in the same order
+        self.outputs: list = []  # components draw() and clear() write
+
+    def handler(self, fn: Callable[[dict], dict]) -> Callable:
+        """fn(values: {component: value}) as a handler over `[ctx.session, *self.inputs]` (see `positional`)."""
+        return positional(fn, [self.ctx.session, *self.inputs], ["session", *self.names])
+
+    def draw(self, sid: str, values: dict) -> dict:
+        """Updates for the outputs from session `sid`'s current analysis, reading controls from `values`."""
+        return self.clear()
+
+    def clear(self) -> dict:
+        return {component: None for component in self.outputs}
+
+    def on_model(self, bundle) -> dict:
+        """Control updates when the session's model changes (ranges, choices)."""
+        return {}
+
+    def wire(self) -> None:
+        """Register this part's events; called once every part's components exist."""
+
+
+def positional(fn: Callable[[dict], Any], components: list, names: list[str]) -> Callable:
+    """fn(values: {component: value}) as a Gradio handler taking `components` positionally.
+
+    The API page then lists the inputs by name, in order (not param_1, param_2, ... as for a set of
+    inputs), and fn still reads them by component.
+    """
+    def call(*args):
+        return fn(dict(zip(components, args, strict=True)))
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    call.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])
+    call.__name__ = getattr(fn, "__name__", "handler")
+    return call

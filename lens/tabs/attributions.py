@@ -1,0 +1,59 @@
+"""Attributions tab: captum methods for a class, with progress and a cancel button."""
+from __future__ import annotations
+
+import gradio as gr
+
+from lens import texts
+from lens.errors import guarded
+from lens.tabs import Part
+from lens.tabs.rollout import class_choices
+from viz.attributions import METHODS, attribution_figure
+from viz.render import figure_to_image
+
+
+class AttributionsPart(Part):
+    title = "Attributions"
+    api = "tab_attributions"  # the tab-select event
+    redraw = False
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        service = ctx.service
+        gr.Markdown(texts.ATTRIBUTIONS)
+        with gr.Row():
+            self.method = gr.Dropdown(list(METHODS), value=METHODS[0], label="method")
+            self.steps = gr.Slider(4, service.limits.max_steps, value=32, step=4, label="steps / samples")
+            self.smooth = gr.Checkbox(value=False, label="SmoothGrad (noise tunnel)")
+            self.target = gr.Dropdown(class_choices(service.bundled.bundle), value=None,
+                                      label="class (default: predicted)")
+        with gr.Row():
+            self.run = gr.Button("Compute attribution", variant="primary")
+            self.stop = gr.Button("Cancel", variant="stop")
+        self.attr_img = gr.Image(label="attribution", show_label=False, elem_id="attr-img", interactive=False,
+                                 format="png")
+        self.outputs = [self.attr_img]
+
+    def on_model(self, bundle) -> dict:
+        return {self.target: gr.Dropdown(choices=class_choices(bundle), value=None)}
+
+    def wire(self) -> None:
+        ctx, service = self.ctx, self.ctx.service
+
+        @guarded
+        def run(sid, method, steps, smooth, target, progress=gr.Progress()):
+            progress(0.0, desc=method)
+            attr, target = service.attribution(sid, method, int(steps), bool(smooth), target,
+                                               progress=lambda f: progress(f, desc=method))
+            analysis = service.current(sid)
+            title = f"{method}{' + SmoothGrad' if smooth else ''} for '{analysis.labels[target]}'"
+            return figure_to_image(attribution_figure(analysis.image, attr, title))
+
+        @guarded
+        def stop(sid):
+            if not service.cancel(sid):
+                gr.Info("No attribution is running.")
+
+        event = self.run.click(run, [ctx.session, self.method, self.steps, self.smooth, self.target],
+                               self.attr_img, api_name="attribution", concurrency_id="heavy")
+        self.stop.click(stop, [ctx.session], None, api_name="cancel_attribution", cancels=[event],
+                        queue=False)

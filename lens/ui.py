@@ -1,0 +1,143 @@
+"""The page: composes the parts, runs one analysis per upload and redraws every part from it.
+
+Queue lanes (Gradio concurrency ids) keep visitors from waiting on each other: "pass" for the model
+passes an upload or a what-if needs, "heavy" for attributions and exports (one per session at a time,
+refused at once otherwise, and stopped by their time limit or a cancel), and Gradio's default lane
+for renders, which run no model.
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from lens import texts
+from lens.errors import guarded
+from lens.service import LensService, UserError
+from lens.tabs import Context, positional
+from lens.tabs.attention import AttentionPart
+from lens.tabs.attributions import AttributionsPart
+from lens.tabs.export import ExportPart
+from lens.tabs.inputs import InputPart
+from lens.tabs.model import ModelPart, model_summary
+from lens.tabs.rollout import RolloutPart
+from lens.tabs.rotary import RotaryPart
+from lens.tabs.stats import StatsPart
+from lens.tabs.whatif import WhatIfPart
+
+TABS = (AttentionPart, RolloutPart, StatsPart, RotaryPart, AttributionsPart, WhatIfPart, ExportPart)
+LANES = {"pass": 2, "heavy": 2}  # a session runs at most one heavy job, so two lanes serve two visitors
+THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                   font_mono=["ui-monospace", "Consolas", "monospace"])  # local fonts only: works air-gapped
+
+
+def build_app(service: LensService) -> gr.Blocks:
+    with gr.Blocks(title="RvT Lens", delete_cache=(300, 900)) as demo:
+        ctx = Context(service=service, session=gr.State(None, delete_callback=service.close_session),
+                      visible=gr.State(AttentionPart.title))
+        gr.Markdown(texts.HEADER)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                inputs = InputPart(ctx)
+                model = ModelPart(ctx)
+            with gr.Column(scale=2), gr.Tabs():
+                tabs = []
+                for part_type in TABS:
+                    with gr.Tab(part_type.title) as tab:
+                        tabs.append((part_type(ctx), tab))
+        parts = [inputs, *(part for part, _ in tabs)]
+        for part in parts:
+            part.wire()
+        _wire_analysis(ctx, inputs, model, parts, tabs)
+    return demo
+
+
+def _wire_analysis(ctx: Context, inputs: InputPart, model: ModelPart, parts: list, tabs: list) -> None:
+    service = ctx.service
+    named = {ctx.session: "session", ctx.visible: "visible_tab"}
+    for part in parts:
+        for component, name in zip(part.inputs, part.names, strict=True):
+            named.setdefault(component, name)
+    draw_inputs = list(named)  # every part's controls once, in order, named on the API page
+    draw_outputs = [c for part in parts for c in part.outputs]
+
+    def session_id(sid: str | None) -> str:
+        """The visitor's session, opened anew if it never existed or expired."""
+        try:
+            service.session(sid)
+            return sid
+        except UserError:
+            return service.open_session()
+
+    @guarded
+    def analyze(sid, path, height, width):
+        """One model pass for the upload; returns the session and the top-5 prediction (the API's answer)."""
+        sid = session_id(sid)
+        if not path:  # the image was cleared: nothing to show, nothing stale
+            service.clear(sid)
+            return sid, None
+        analysis = service.analyze(sid, path, (height, width))  # a refusal leaves the session empty
+        return sid, dict(analysis.top(5))
+
+    def panels(values: dict) -> dict:
+        """Every part from the current analysis: drawn when visible or cheap, cleared otherwise."""
+        sid, visible = values[ctx.session], values[ctx.visible]
+        ready = service.has_analysis(sid)
+        out = {}
+        for part in parts:
+            fresh = ready and part.redraw and (not part.lazy or part.title == visible)
+            out.update(part.draw(sid, values) if fresh else part.clear())
+        return out
+
+    redraw = guarded(positional(panels, draw_inputs, list(named.values())))
+    analysis_inputs = [ctx.session, inputs.image, inputs.height, inputs.width]
+    for trigger, name in ((inputs.image.change, "predict"), (inputs.height.release, "resize_h"),
+                          (inputs.width.release, "resize_w")):
+        trigger(analyze, analysis_inputs, [ctx.session, inputs.label], api_name=name, concurrency_id="pass",
+                trigger_mode="always_last").then(redraw, draw_inputs, draw_outputs,
+                                                 api_name=f"{name}_panels")
+
+    def load(values):
+        sid = session_id(values[ctx.session])
+        bundle = model.load_model(sid, values)
+        out = {ctx.session: sid, model.info: model_summary(bundle)}
+        for part in parts:
+            out.update(part.on_model(bundle))
+        return out
+
+    @guarded
+    def reanalyze(sid, path, height, width):
+        if not path:
+            gr.Info(texts.NO_IMAGE_HINT)
+            return sid, None
+        return analyze(sid, path, height, width)
+
+    model_outputs = [ctx.session, model.info, *(c for part in parts for c in part.on_model(service.bundled.bundle))]
+    load_inputs = [ctx.session, *model.inputs]
+    load = guarded(positional(load, load_inputs, ["session", *model.names]))
+    loaded = model.load.click(load, load_inputs, model_outputs, api_name="load_model",
+                              concurrency_id="pass")
+    loaded.success(reanalyze, analysis_inputs, [ctx.session, inputs.label], api_name="load_model_predict",
+                   concurrency_id="pass").then(redraw, draw_inputs, draw_outputs,
+                                               api_name="load_model_panels")
+
+    for part, tab in tabs:
+        tab.select(guarded(part.handler(_opened(ctx, part))), [ctx.session, *part.inputs],
+                   [ctx.visible, *part.outputs], api_name=part.api)
+
+
+def _opened(ctx: Context, part):
+    """Opening a tab records it as visible; a lazy tab is drawn from the current analysis then."""
+    def opened(values: dict) -> dict:
+        sid = values[ctx.session]
+        fresh = part.lazy and ctx.service.has_analysis(sid)
+        return {ctx.visible: part.title, **(part.draw(sid, values) if fresh else {})}
+    return opened
+
+
+def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
+    """Launch with the project's limits: bounded queue lanes, capped uploads, no share link."""
+    demo.queue(default_concurrency_limit=4, max_size=256)
+    for fn in demo.fns.values():
+        if fn.concurrency_id in LANES:
+            fn.concurrency_limit = LANES[fn.concurrency_id]
+    return demo.launch(server_name=host, server_port=port, share=False, max_file_size="20mb",
+                       theme=gr.themes.Default(**THEME_FONTS), show_error=True, **kwargs)

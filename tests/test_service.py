@@ -1,0 +1,205 @@
+"""The explorer's service without a server: sessions, passes, jobs and limits, in milliseconds."""
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import small_config
+from lens.service import Cancelled, LensService, RandomSpec, ServerLimits, SessionExpired, UserError
+from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
+from rvt.preprocess import ImageInputError, read_image
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    save_checkpoint(path, RvT(**small_config(depth=3, heads=2)), [f"class {i}" for i in range(10)], Preprocess())
+    return path
+
+
+@pytest.fixture(scope="module")
+def garment(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "garment.png"
+    arr = np.zeros((40, 30), np.uint8)
+    arr[5:35, 6:24] = np.random.default_rng(0).integers(90, 250, (30, 18))
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def make(checkpoint, **limits) -> LensService:
+    return LensService(load_checkpoint(checkpoint, "cpu"), ServerLimits(**limits))
+
+
+def test_analysis_equals_the_python_api(checkpoint, garment):
+    service = make(checkpoint)
+    sid = service.open_session()
+    analysis = service.analyze(sid, garment)
+    bundle = load_checkpoint(checkpoint, "cpu")
+    with torch.no_grad():
+        expected = bundle.model(bundle.preprocess(read_image(garment))[None]).softmax(-1)[0]
+    assert torch.allclose(analysis.probs, expected, atol=1e-6)
+    assert service.passes == 1
+
+
+def test_a_refused_upload_leaves_nothing_stale(checkpoint, garment, tmp_path):
+    service = make(checkpoint)
+    sid = service.open_session()
+    service.analyze(sid, garment)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageInputError):
+        service.analyze(sid, tmp_path / "bad.png")
+    assert not service.has_analysis(sid)
+    with pytest.raises(UserError, match="Upload an image"):
+        service.export(sid)
+
+
+def test_passes_never_touch_the_shared_model(checkpoint, garment):
+    """A what-if silencing every head, run in parallel with plain analyses, changes nobody else's result."""
+    service = make(checkpoint)
+    shared = service.bundled.bundle.model
+    observer, meddler = service.open_session(), service.open_session()
+    expected = service.analyze(observer, garment).probs
+    service.analyze(meddler, garment)
+    slow = shared.register_forward_pre_hook(lambda *a: time.sleep(0.02))  # copied into every replica
+    seen, errors = [], []
+
+    def meddle():
+        try:
+            for _ in range(5):
+                service.whatif(meddler, {layer: [0, 1] for layer in range(3)}, [0, 1, 2])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    try:
+        thread = threading.Thread(target=meddle)
+        thread.start()
+        for _ in range(5):
+            seen.append(service.analyze(observer, garment).probs)
+        thread.join()
+    finally:
+        slow.remove()
+    assert not errors
+    assert all(torch.equal(p, expected) for p in seen)
+    blocks = [layer[0] for layer in shared.transformer.layers]
+    assert all(b.fused for b in blocks) and not any(b._forward_hooks or b.attend._forward_hooks for b in blocks)
+
+
+def test_random_model_is_seeded_without_touching_the_global_rng(checkpoint):
+    service = make(checkpoint)
+    sid = service.open_session()
+    state = torch.get_rng_state()
+    first = service.random_model(sid, RandomSpec(seed=3)).model.state_dict()
+    second = service.random_model(sid, RandomSpec(seed=3)).model.state_dict()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = service.random_model(sid, RandomSpec(seed=4)).model.state_dict()
+    assert not torch.equal(first["cls_token"], other["cls_token"])
+    with pytest.raises(UserError, match="dim=1000"):
+        service.random_model(sid, RandomSpec(dim=1000))
+
+
+def test_sessions_expire_and_free_their_analysis(checkpoint, garment):
+    service = make(checkpoint, session_ttl=0.05)
+    sid = service.open_session()
+    service.analyze(sid, garment)
+    time.sleep(0.1)
+    service.sweep()
+    assert service.live_sessions == 0
+    with pytest.raises(SessionExpired, match="expired"):
+        service.current(sid)
+
+
+def test_total_memory_cap_evicts_the_least_recently_used(checkpoint, garment):
+    service = make(checkpoint)
+    first = service.open_session()
+    one = service.analyze(first, garment)
+    size = service.session(first).nbytes
+    assert size > 0 and one is not None
+    service = make(checkpoint, total_bytes=int(size * 2.5))
+    sids = [service.open_session() for _ in range(3)]
+    for sid in sids:
+        service.analyze(sid, garment)
+    assert not service.has_analysis(sids[0]) and service.has_analysis(sids[2])
+
+
+def test_sizes_are_bounded_by_the_server_not_the_model(checkpoint, garment):
+    service = make(checkpoint, max_side=64)
+    sid = service.open_session()
+    with pytest.raises(UserError, match="between 4 and 64"):
+        service.analyze(sid, garment, (68, 28))
+    with pytest.raises(UserError, match="multiple of the patch size"):
+        service.analyze(sid, garment, (30, 28))
+    small = make(checkpoint, analysis_bytes=2**20)
+    with pytest.raises(UserError, match="MB"):
+        small.analyze(small.open_session(), garment, (448, 448))
+    assert small.passes == 0  # refused before any model pass
+
+
+def test_one_heavy_job_per_session_and_cancel_stops_it(checkpoint, garment):
+    service = make(checkpoint)
+    sid = service.open_session()
+    service.analyze(sid, garment)
+    outcome = {}
+
+    def run():
+        try:
+            service.attribution(sid, "Integrated Gradients", steps=128, smooth=True)
+            outcome["result"] = "finished"
+        except Cancelled as e:
+            outcome["result"] = str(e)
+        outcome["at"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while service.session(sid).job is None:
+        time.sleep(0.005)
+    with pytest.raises(UserError, match="still running"):
+        service.attribution(sid, "Saliency")
+    cancelled_at = time.monotonic()
+    assert service.cancel(sid)
+    thread.join(10)
+    assert outcome["result"] == "Cancelled."
+    assert outcome["at"] - cancelled_at < 1.0
+    assert service.session(sid).job is None
+    service.attribution(sid, "Saliency")  # the session can run a job again
+
+
+def test_jobs_stop_at_the_time_limit(checkpoint, garment):
+    service = make(checkpoint, job_timeout=0.05)
+    sid = service.open_session()
+    service.analyze(sid, garment)
+    with pytest.raises(Cancelled, match="time limit"):
+        service.attribution(sid, "Integrated Gradients", steps=128, smooth=True)
+
+
+def test_query_must_be_inside_the_grid(checkpoint, garment):
+    service = make(checkpoint)
+    sid = service.open_session()
+    service.analyze(sid, garment)
+    assert service.pick_query(sid, 6, 0) == (6, 0)
+    with pytest.raises(UserError, match="outside the 7x7"):
+        service.pick_query(sid, 0, -3125)
+
+
+def test_exports_are_deleted_with_their_session_and_on_close(checkpoint, garment, monkeypatch):
+    def write_report(analysis, bundle, out, progress):  # the report itself is tested in test_viz
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text("{}")
+    monkeypatch.setattr("viz.report.write_report", write_report)
+    service = make(checkpoint)
+    sid = service.open_session()
+    service.analyze(sid, garment)
+    first = service.export(sid)
+    second = service.export(sid)
+    assert second.is_file() and not first.exists()  # one export per session on disk
+    service.close_session(sid)
+    assert not second.exists()
+    other = service.open_session()
+    service.analyze(other, garment)
+    path = service.export(other)
+    service.close()
+    assert not path.exists()
