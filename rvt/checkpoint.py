@@ -37,9 +37,10 @@ FORMAT = "rvt-lens/1"
 ACCEPTED = ("Accepted: the project's .safetensors files, or a vit-pytorch RvT state_dict saved with "
             "torch.save(model.state_dict(), path) (.pt/.pth).")
 FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-MAX_HEADER_BYTES = 16 * 2**20  # a safetensors header: ~100 bytes a tensor, labels and config; 16 MiB is ample
+MAX_HEADER_BYTES = 4 * 2**20  # a safetensors header: ~100 bytes a tensor, plus config and labels (22k: ~1 MB)
+MAX_TENSORS = 4096  # a depth-32 RvT has ~600
 MAX_PICKLE_BYTES = 32 * 2**20  # a torch zip's data.pkl: a state_dict's is ~100 bytes a tensor
-MAX_ZIP_ENTRIES = 65_536  # one per tensor storage, plus a few; parsing more costs memory before any check
+MAX_ZIP_ENTRIES = 3 * MAX_TENSORS  # one per storage: weights plus an optimizer's two moments
 MAX_DEFLATE_RATIO = 100  # torch.save stores entries uncompressed; weights deflate ~1.1x, zeros ~1000x
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,9 @@ def _safetensors_header(path: Path, limits: ModelLimits) -> tuple[dict[str, tupl
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError("the safetensors metadata is not a mapping of strings. Accepted: save_file's metadata.")
 
+    if len(header) > MAX_TENSORS:
+        raise CheckpointError(f"the safetensors header lists {len(header):,} tensors. Accepted: up to "
+                              f"{MAX_TENSORS:,}, as an RvT within this server's limits has at most a few hundred.")
     shapes, spans, total = {}, [], 0
     for name, entry in header.items():
         if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}
@@ -251,20 +255,23 @@ def _read_safetensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
 # ---- torch.save files: zip entries are sized before torch.load inflates them --------------------------
 
 def _check_zip(path: Path, limits: ModelLimits) -> None:
+    damaged = CheckpointError(f"a damaged or truncated zip archive, not a readable torch checkpoint. {ACCEPTED}")
     try:
         with path.open("rb") as f:
             end = zipfile._EndRecData(f)  # the central directory's size and entry count, read before parsing it
-        if end is None:
-            raise zipfile.BadZipFile
-        if end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_ENTRIES or end[zipfile._ECD_SIZE] > MAX_HEADER_BYTES:
-            raise CheckpointError(f"the zip declares {end[zipfile._ECD_ENTRIES_TOTAL]:,} entries in a "
-                                  f"{end[zipfile._ECD_SIZE]:,}-byte directory. Accepted: up to {MAX_ZIP_ENTRIES:,} "
-                                  f"entries, as torch.save writes one per tensor.")
+    except (OSError, ValueError, EOFError):
+        raise damaged from None
+    if end is None:
+        raise damaged
+    if end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_ENTRIES or end[zipfile._ECD_SIZE] > MAX_ZIP_ENTRIES * 1024:
+        raise CheckpointError(f"the zip declares {end[zipfile._ECD_ENTRIES_TOTAL]:,} entries in a "
+                              f"{end[zipfile._ECD_SIZE]:,}-byte directory. Accepted: up to {MAX_ZIP_ENTRIES:,} "
+                              f"entries, as torch.save writes one per tensor.")
+    try:
         with zipfile.ZipFile(path) as z:
             entries = z.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise CheckpointError(f"a damaged or truncated zip archive, not a readable torch checkpoint. "
-                              f"{ACCEPTED}") from None
+        raise damaged from None
     total = sum(e.file_size for e in entries)
     if total > limits.max_bytes:
         raise CheckpointError(f"its zip entries declare {total:,} bytes once unpacked, above this server's limit "

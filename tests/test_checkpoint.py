@@ -4,9 +4,9 @@ import pickle
 
 import pytest
 import torch
-from conftest import small_config
 from safetensors.torch import save_file
 
+from conftest import small_config
 from rvt import CheckpointError, Preprocess, RvT, RvTConfig, load_checkpoint, save_checkpoint
 from rvt.checkpoint import ModelLimits, expected_shapes
 

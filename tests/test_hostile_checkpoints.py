@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_config
 from safetensors.torch import save_file
 
+from conftest import small_config
 from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
 from rvt.checkpoint import ModelLimits, expected_shapes
 from rvt.model import RvTConfig
@@ -61,13 +61,15 @@ def _raw_safetensors(d: Path, name: str, header: dict | bytes, data: bytes = b""
 
 def _zip(d: Path, name: str, entries: list[tuple[str, bytes, int, int]]) -> Path:
     """A zip written byte by byte: (name, payload as stored, method 0/8, declared unpacked size)."""
-    local, central = b"", b""
+    local, central, offset = [], [], 0
     for fname, payload, method, size in entries:
         crc = zlib.crc32(payload if method == 0 else zlib.decompress(payload, -15)[:size]) if size < 2**26 else 0
         head = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0, crc, len(payload), size, len(fname), 0)
-        central += b"PK\x01\x02" + struct.pack("<H", 20) + head + struct.pack("<HHHII", 0, 0, 0, 0, len(local))
-        central += fname.encode()
-        local += b"PK\x03\x04" + head + fname.encode() + payload
+        central.append(b"PK\x01\x02" + struct.pack("<H", 20) + head + struct.pack("<HHHII", 0, 0, 0, 0, offset)
+                       + fname.encode())
+        local.append(b"PK\x03\x04" + head + fname.encode() + payload)
+        offset += len(local[-1])
+    local, central = b"".join(local), b"".join(central)
     end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(local), 0)
     (d / name).write_bytes(local + central + end)
     return d / name
@@ -181,6 +183,13 @@ CASES = {
         "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, bytes(8)), r"declares shape \[4\]", None),
     "duplicate tensor name": (lambda d: _raw_safetensors(d, "dup.safetensors", DUP, bytes(4)),
                               r"names \['a'\] twice", None),
+    "60,000 tensors in a 4 MB header": (lambda d: _raw_safetensors(d, "many.safetensors", {
+        f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(60_000)}),
+        r"lists 60,000 tensors. Accepted: up to 4,096", None),
+    "JSON nested 200,000 deep": (lambda d: _raw_safetensors(d, "deep.safetensors", b'{"a":' * 200_000 + b"1"
+                                                            + b"}" * 200_000), r"not valid JSON", None),
+    "zip with 60,000 entries": (lambda d: _zip(d, "entries.pt", [(f"a/{i}", b"", 0, 0) for i in range(60_000)]),
+                                r"declares 60,000 entries", None),
     "dim-4096 config in metadata, 449 bytes": (_metadata_only_4096, r"dim is 4096, above .* limit of 1024", None),
     "dim-4096 shapes in a tiny file": (lambda d: _raw_safetensors(d, "shapes.safetensors", _dim4096_header()),
                                        r"declare [\d,]+ bytes, above .* limit of 400,000,000", None),

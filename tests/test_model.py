@@ -6,8 +6,8 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_config
 
+from conftest import small_config
 from rvt import RvT, RvTConfig
 from rvt.rotary import AxialRotaryEmbedding, apply_rotary
 
