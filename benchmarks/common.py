@@ -1,12 +1,33 @@
-"""Shared timing helpers: interleaved repeats so that drift on a busy machine hits every variant alike."""
+"""Shared benchmark helpers: process settings, interleaved timing on the thread-CPU clock, peak memory.
+
+Import this module before torch (`import common` first): `PROCESS_ENV` only takes effect if set
+before torch loads OpenMP and its allocator.
+
+- OMP_WAIT_POLICY=PASSIVE: idle OpenMP workers sleep instead of spinning against other processes.
+- THP_MEM_ALLOC_ENABLE=1: torch backs large CPU tensors with transparent huge pages; every fresh
+  (H, N, N) map of an analysis otherwise costs tens of thousands of page faults (a third of the
+  explicit-attention pass at 224 px on this machine).
+
+Timing is thread-CPU time (`time.thread_time`): on a shared host it does not count the time other
+processes hold the core. It undercounts work on other threads, so the benchmarks run torch with one
+intra-op thread (`rvt.device.thread_policy(1)`), and on CUDA they use wall-clock time with a
+synchronise instead.
+"""
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
+import os
+
+PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "THP_MEM_ALLOC_ENABLE": "1"}
+for _key, _value in PROCESS_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        clock: Callable[[], float] = time.thread_time) -> dict[str, float]:
     """Median seconds per call of each variant, calling them round-robin `repeats` times."""
     for fn in variants.values():
         for _ in range(warmup):
@@ -14,10 +35,28 @@ def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int,
     samples = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key))
+
+
+def peak_growth(fn: Callable[[], object]) -> tuple[object, int]:
+    """(fn's result, bytes the process's peak RSS rose above its RSS before the call); Linux only.
+
+    Resets the kernel's high-water mark (VmHWM) through /proc/self/clear_refs first, so earlier
+    calls do not hide this one's peak.
+    """
+    base = _status("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    result = fn()
+    return result, _status("VmHWM:") - base
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -70,38 +70,39 @@ def _as_numpy(stats: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _scatter(distance: np.ndarray, uniform: float, size: tuple[int, int]) -> Image.Image:
     """Mean distance per layer (x) and head (colour) on plain axes, with the uniform level dashed."""
     width, height = size
-    left, right, top, bottom = 52, 10, 26, 40
+    left, right, top, bottom = 52, 10, 46, 40
     panel = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(panel)
     layers, heads = distance.shape
-    hi = max(float(distance.max()), uniform) * 1.1 or 1.0
+    lo, hi = min(float(distance.min()), uniform), max(float(distance.max()), uniform)
+    pad = 0.15 * (hi - lo) or 1.0
+    lo, hi = max(0.0, lo - pad), hi + pad
     x_of = lambda layer: left + (layer + 0.5) * (width - left - right) / layers  # noqa: E731
-    y_of = lambda value: top + (1 - value / hi) * (height - top - bottom)  # noqa: E731
+    y_of = lambda value: top + (hi - value) / (hi - lo) * (height - top - bottom)  # noqa: E731
     draw.text((left, 4), "How far each head looks (px)", fill=INK, font=font(13))
+    for head in range(heads):
+        x = left + head * 44
+        draw.ellipse([x, 26, x + 8, 34], fill=HEAD_COLOURS[head % len(HEAD_COLOURS)])
+        draw.text((x + 11, 30), f"H{head}", fill=INK, font=font(11), anchor="lm")
     draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill=INK)
-    for tick in np.linspace(0, hi, 5):
+    for tick in np.linspace(lo, hi, 5):
         y = y_of(tick)
         draw.line([(left - 4, y), (left, y)], fill=INK)
-        draw.text((left - 6, y), f"{tick:.0f}" if hi >= 10 else f"{tick:.1f}", fill=INK, font=font(11), anchor="rm")
+        draw.text((left - 6, y), f"{tick:.1f}", fill=INK, font=font(11), anchor="rm")
     for layer in range(layers):
         draw.text((x_of(layer), height - bottom + 4), str(layer), fill=INK, font=font(11), anchor="mt")
     draw.text(((left + width - right) / 2, height - 16), "layer", fill=INK, font=font(12), anchor="mt")
     y = y_of(uniform)
     for x in range(left, width - right, 8):
         draw.line([(x, y), (min(x + 4, width - right), y)], fill=(120, 120, 120))
-    draw.text((width - right, y - 2), "uniform", fill=(100, 100, 100), font=font(11), anchor="rb")
+    draw.text((width - right, height - bottom - 2), f"dashed: uniform attention ({uniform:.1f} px)",
+              fill=(100, 100, 100), font=font(11), anchor="rb")
     spread = min(18.0, (width - left - right) / layers / (heads + 1))
     for head in range(heads):
         colour = HEAD_COLOURS[head % len(HEAD_COLOURS)]
         for layer in range(layers):
             x, y = x_of(layer) + (head - (heads - 1) / 2) * spread, y_of(distance[layer, head])
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-    legend_x = left + 6
-    for head in range(heads):
-        colour = HEAD_COLOURS[head % len(HEAD_COLOURS)]
-        x = legend_x + head * 44
-        draw.ellipse([x, top + 4, x + 8, top + 12], fill=colour)
-        draw.text((x + 11, top + 8), f"H{head}", fill=INK, font=font(11), anchor="lm")
     return panel
 
 
