@@ -21,7 +21,7 @@ import math
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -77,19 +77,17 @@ class ModelLimits:
             value, limit = getattr(config, name), getattr(self, "max_" + name)
             if value > limit:
                 raise CheckpointError(f"the model's {name} is {value}, above this server's limit of {limit} "
-                                      f"(ModelLimits.max_{name}). {self._accepted()}")
+                                      f"(ModelLimits.max_{name}). Accepted: {name} up to {limit}.")
         h, w = patch_grid((config.image_size,) * 2, config.patch_size)
         if h * w > self.max_patches:
             raise CheckpointError(f"the model sees {h}x{w} = {h * w} patches at its {config.image_size} px training "
-                                  f"size, above this server's limit of {self.max_patches} "
-                                  f"(ModelLimits.max_patches). {self._accepted()}")
+                                  f"size, above this server's limit of {self.max_patches} (ModelLimits.max_patches). "
+                                  f"Accepted: up to {self.max_patches} patches, e.g. a larger patch_size.")
         n = sum(math.prod(s) for s in expected_shapes(config).values())
         if n > self.max_parameters:
             raise CheckpointError(f"the model has {n:,} parameters, above this server's limit of "
-                                  f"{self.max_parameters:,} (ModelLimits.max_parameters). {self._accepted()}")
-
-    def _accepted(self) -> str:
-        return "Accepted: " + ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self)) + "."
+                                  f"{self.max_parameters:,} (ModelLimits.max_parameters). Accepted: up to "
+                                  f"{self.max_parameters:,} parameters.")
 
 
 def expected_shapes(config: RvTConfig) -> dict[str, tuple[int, ...]]:
@@ -203,7 +201,7 @@ def _safetensors_header(path: Path, limits: ModelLimits) -> tuple[dict[str, tupl
         dtype = FLOAT_DTYPES.get(entry["dtype"])
         if dtype is None:
             raise CheckpointError(f"tensor {name!r} is stored as {entry['dtype']}, not as floating-point weights. "
-                                  f"Accepted dtypes: {', '.join(FLOAT_DTYPES)}.")
+                                  f"Accepted: floating-point tensors ({', '.join(FLOAT_DTYPES)}).")
         begin, end = entry["data_offsets"]
         nbytes = math.prod(entry["shape"]) * dtype.itemsize
         if end - begin != nbytes:
@@ -214,7 +212,7 @@ def _safetensors_header(path: Path, limits: ModelLimits) -> tuple[dict[str, tupl
         total += nbytes
     if total > limits.max_bytes:
         raise CheckpointError(f"the tensors declare {total:,} bytes, above this server's limit of "
-                              f"{limits.max_bytes:,} (ModelLimits.max_bytes).")
+                              f"{limits.max_bytes:,} (ModelLimits.max_bytes). Accepted: up to that many bytes.")
     cursor, data_bytes = 0, size - 8 - n
     for begin, end, name in sorted(spans):
         if begin != cursor or end > data_bytes:
@@ -275,7 +273,7 @@ def _check_zip(path: Path, limits: ModelLimits) -> None:
     total = sum(e.file_size for e in entries)
     if total > limits.max_bytes:
         raise CheckpointError(f"its zip entries declare {total:,} bytes once unpacked, above this server's limit "
-                              f"of {limits.max_bytes:,} (ModelLimits.max_bytes).")
+                              f"of {limits.max_bytes:,} (ModelLimits.max_bytes). Accepted: up to that many bytes.")
     for e in entries:
         if e.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise CheckpointError(f"zip entry {e.filename!r} uses compression method {e.compress_type}. "
@@ -306,7 +304,8 @@ def _read_torch(path: Path, kind: str, limits: ModelLimits) -> dict[str, torch.T
         _check_zip(path, limits)
     elif path.stat().st_size > limits.max_bytes:  # a legacy pickle holds its tensors inline
         raise CheckpointError(f"a {path.stat().st_size:,}-byte legacy torch file, above this server's limit of "
-                              f"{limits.max_bytes:,} bytes (ModelLimits.max_bytes).")
+                              f"{limits.max_bytes:,} bytes (ModelLimits.max_bytes). Accepted: smaller files, or "
+                              f"the zip format torch.save writes by default.")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -324,7 +323,7 @@ def _read_torch(path: Path, kind: str, limits: ModelLimits) -> dict[str, torch.T
     for name, tensor in obj.items():
         if tensor.dtype not in FLOAT_DTYPES.values():
             raise CheckpointError(f"tensor {name!r} is stored as {tensor.dtype}, not as floating-point weights. "
-                                  f"Accepted dtypes: float16, bfloat16, float32, float64.")
+                                  f"Accepted: floating-point tensors (float16, bfloat16, float32, float64).")
     # Wrappers people train with: DataParallel ('module.') and torch.compile ('_orig_mod.').
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in obj.items()}
 
@@ -420,14 +419,15 @@ def _check_preprocess(preprocess: Preprocess, config: RvTConfig, limits: ModelLi
         raise CheckpointError(f"preprocessing gives {preprocess.channels} channels, the model takes {config.channels}. "
                               f"Accepted: the same channel count in both.")
     if max(h, w) > limits.max_image_size or h < 1 or w < 1:
-        raise CheckpointError(f"preprocessing asks for {h}x{w} px inputs; this server accepts sides of 1 to "
-                              f"{limits.max_image_size} px (ModelLimits.max_image_size).")
+        raise CheckpointError(f"preprocessing asks for {h}x{w} px inputs, above this server's limit "
+                              f"(ModelLimits.max_image_size). Accepted: sides of 1 to {limits.max_image_size} px.")
     if h % config.patch_size or w % config.patch_size:
         raise CheckpointError(f"preprocessing asks for {h}x{w} px inputs, not multiples of the patch size "
                               f"{config.patch_size}. Accepted: sides that are multiples of the patch size.")
     if (h // config.patch_size) * (w // config.patch_size) > limits.max_patches:
         raise CheckpointError(f"preprocessing asks for {h}x{w} px inputs, more than this server's limit of "
-                              f"{limits.max_patches} patches (ModelLimits.max_patches).")
+                              f"{limits.max_patches} patches (ModelLimits.max_patches). Accepted: up to that many "
+                              f"patches.")
     stats = [*preprocess.mean, *preprocess.std]
     if (len(preprocess.mean) != config.channels or len(preprocess.std) != config.channels
             or not all(math.isfinite(x) for x in stats) or min(preprocess.std) <= 0):

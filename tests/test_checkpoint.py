@@ -174,7 +174,7 @@ def test_server_limits_bind_what_a_checkpoint_declares(tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", model, [str(i) for i in range(10)],
                            Preprocess(image_size=(56, 56)))
     assert load_checkpoint(path, "cpu").preprocess.image_size == (56, 56)
-    with pytest.raises(CheckpointError, match=r"56x56 px inputs; this server accepts sides of 1 to 32 px"):
+    with pytest.raises(CheckpointError, match=r"56x56 px inputs, above .* Accepted: sides of 1 to 32 px"):
         load_checkpoint(path, "cpu", limits=ModelLimits(max_image_size=32))
     with pytest.raises(CheckpointError, match=r"depth is 2, above this server's limit of 1 \(ModelLimits.max_depth\)"):
         load_checkpoint(path, "cpu", limits=ModelLimits(max_depth=1))
