@@ -532,7 +532,8 @@ def _load(path: Path, device: torch.device, labels: list[str] | None, preprocess
             key = "transformer.pos_emb.scales"  # the one tensor read before the checks: its end gives image_size
             if math.prod(shapes.get(key, ())) > limits.max_dim_head // 4:
                 raise CheckpointError(f"{key} has {math.prod(shapes[key])} rotary bands, more than this server's "
-                                      f"limit of dim_head {limits.max_dim_head} allows (ModelLimits.max_dim_head).")
+                                      f"limit of dim_head {limits.max_dim_head} allows (ModelLimits.max_dim_head). "
+                                      f"Accepted: up to {limits.max_dim_head // 4} bands.")
             scales = _read_safetensors(path, [key])[key] if key in shapes else None
             config, notes = _infer_config(shapes, scales, **hints)
         limits.check(config)

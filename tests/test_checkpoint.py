@@ -201,3 +201,20 @@ def test_loaded_weights_are_the_files_own_fp32_tensors(tmp_path):
     tensors = [*model.parameters(), *model.buffers()]
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors)
     assert len({t.untyped_storage().data_ptr() for t in tensors}) == len(tensors)
+
+
+def test_vit_pytorch_state_dict_as_safetensors_is_inferred_from_its_header(tmp_path, reference):
+    """No project metadata: the config comes from the header's shapes and the one rotary tensor."""
+    torch.manual_seed(0)
+    ref = reference.RvT(**small_config(heads=3)).eval()
+    state = {k: v.contiguous() for k, v in ref.state_dict().items()}
+    save_file(state, str(tmp_path / "ref.safetensors"))
+    bundle = load_checkpoint(tmp_path / "ref.safetensors", "cpu")
+    assert bundle.config == RvTConfig(**small_config(heads=3))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert (bundle.model(x) - ref(x)).abs().max() <= 1e-5
+    state["transformer.pos_emb.scales"] = torch.linspace(1, 14, 100)  # 100 bands: dim_head 400
+    save_file(state, str(tmp_path / "bands.safetensors"))
+    with pytest.raises(CheckpointError, match=r"100 rotary bands, .* Accepted: up to 32 bands"):
+        load_checkpoint(tmp_path / "bands.safetensors", "cpu")
