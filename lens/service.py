@@ -76,6 +76,8 @@ class SessionData:
     pool: ModelPool
     analysis: Analysis | None = None
     path: str | None = None  # the upload the analysis came from, for re-runs at another size
+    size: tuple[int, int] | None = None  # the inference size it ran at
+    analyzing: threading.Lock = field(default_factory=threading.Lock)  # one analysis at a time per session
     gradients: dict[int, torch.Tensor] = field(default_factory=dict)  # class -> attention gradients
     query: tuple[int, int] | None = None  # patch picked by clicking; None = CLS
     job: Job | None = None  # the running heavy job, if any
@@ -304,7 +306,7 @@ class LensService:
     def _set_model(self, sid: str, pool: ModelPool) -> Bundle:
         data = self.session(sid)
         self._release(data)
-        data.pool, data.path, data.query = pool, None, None
+        data.pool, data.path, data.size, data.query = pool, None, None, None
         return pool.bundle
 
     # ---- sizes ------------------------------------------------------------------------------------
@@ -335,21 +337,33 @@ class LensService:
     # ---- model passes -----------------------------------------------------------------------------
 
     def analyze(self, sid: str, path: str | Path, size: tuple[int, int] | None = None) -> Analysis:
-        """Decode the upload itself, preprocess as the Python API does, and run one captured pass."""
+        """Decode the upload itself, preprocess as the Python API does, and run one captured pass.
+
+        A session analyses one request at a time, and a repeat of the analysis it holds (the same
+        file at the same size: browsers send an image's change event twice when it is replaced)
+        returns that analysis instead of running the model again.
+        """
         data = self.session(sid)
-        data.analysis, data.gradients, data.query = None, {}, None  # a refused upload leaves nothing stale
         bundle = data.bundle
-        size = self.check_size(bundle, size or bundle.preprocess.image_size)
-        image = read_image(path)
-        with self._borrow(data) as replica:
-            analysis = analyze(replica, image, size, bf16=self.bf16)
-        data.analysis, data.path = analysis, str(path)
+        with data.analyzing:
+            try:
+                size = self.check_size(bundle, size or bundle.preprocess.image_size)
+                if data.analysis is not None and (data.path, data.size) == (str(path), size):
+                    return data.analysis
+                data.analysis, data.gradients, data.query = None, {}, None  # a refusal leaves nothing stale
+                image = read_image(path)
+                with self._borrow(data) as replica:
+                    analysis = analyze(replica, image, size, bf16=self.bf16)
+            except Exception:
+                data.analysis, data.path, data.size = None, None, None
+                raise
+            data.analysis, data.path, data.size = analysis, str(path), size
         self.sweep()
         return analysis
 
     def clear(self, sid: str) -> None:
         data = self.session(sid)
-        data.analysis, data.gradients, data.query, data.path = None, {}, None, None
+        data.analysis, data.gradients, data.query, data.path, data.size = None, {}, None, None, None
 
     def has_analysis(self, sid: str | None) -> bool:
         with self._lock:

@@ -110,7 +110,7 @@ def _wire_analysis(ctx: Context, inputs: InputPart, model: ModelPart, parts: lis
             return sid, None
         return analyze(sid, path, height, width)
 
-    model_outputs = [ctx.session, model.info, *(c for part in parts for c in part.on_model(service.bundled.bundle))]
+    model_outputs = [ctx.session, model.info, *(c for part in parts for c in part.model_controls)]
     load_inputs = [ctx.session, *model.inputs]
     load = guarded(positional(load, load_inputs, ["session", *model.names]))
     loaded = model.load.click(load, load_inputs, model_outputs, api_name="load_model",

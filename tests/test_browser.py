@@ -1,52 +1,76 @@
 """The explorer in a real browser: Debian's Chromium driven by Playwright."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-import torch
-from app_server import serve
-from conftest import small_config
 from PIL import Image
 
-from rvt import Preprocess, RvT, save_checkpoint
+from app_server import serve
+from rvt.assets import BUNDLED_CHECKPOINT, EXAMPLES
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "rvt_fashion_mnist.safetensors"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def mixed_uploads(root: Path) -> list[Path]:
+    """Twenty files of the kinds that used to race or decode differently: grayscale and RGBA PNGs, JPEGs."""
+    rng = np.random.default_rng(0)
+    files = sorted(EXAMPLES.glob("*.png"))
+    for i in range(10):
+        item = np.zeros((64 + 8 * i, 48), np.uint8)
+        item[8:-8, 8:40] = rng.integers(60, 255, (item.shape[0] - 16, 32))
+        path = root / f"upload{i}.{'png' if i % 2 else 'jpg'}"
+        if i % 3 == 0:  # a dark item on a transparent background
+            Image.fromarray(np.dstack([255 - item] * 3 + [np.where(item > 0, 255, 0).astype(np.uint8)]),
+                            "RGBA").save(path.with_suffix(".png"))
+            path = path.with_suffix(".png")
+        else:
+            Image.fromarray(item).save(path)
+        files.append(path)
+    return files
 
 
 @pytest.mark.browser
-def test_upload_switch_head_and_screenshot(tmp_path):
+def test_uploads_one_pass_each_then_every_tab(tmp_path):
     # In CI a missing browser is a failure: .ci/run installs it.
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium"
     from playwright.sync_api import expect, sync_playwright
 
-    if BUNDLED.is_file():
-        checkpoint = BUNDLED
-    else:
-        torch.manual_seed(0)
-        checkpoint = save_checkpoint(tmp_path / "m.safetensors", RvT(**small_config(depth=3, heads=4)),
-                                     [f"class {i}" for i in range(10)], Preprocess())
-    arr = np.full((84, 84), 0, np.uint8)
-    arr[10:74, 20:64] = 200
-    Image.fromarray(arr).save(tmp_path / "upload.png")
-
-    with serve(checkpoint) as (url, _), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+    uploads = mixed_uploads(tmp_path)
+    assert len(uploads) >= 20
+    with serve(BUNDLED_CHECKPOINT) as (url, service), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             hosts = set()
             page.on("request", lambda request: hosts.add(urlparse(request.url).hostname))
             page.goto(url)
-            page.locator("#input-img input[type=file]").set_input_files(str(tmp_path / "upload.png"))
+            file_input = page.locator("#input-img input[type=file]")
+            heads = page.locator("#heads-img img")
+            previous = None
+            for count, path in enumerate(uploads, start=1):
+                file_input.set_input_files(str(path))
+                deadline = time.monotonic() + 30
+                while service.passes < count and time.monotonic() < deadline:
+                    page.wait_for_timeout(50)
+                assert service.passes == count, f"upload {count} ({path.name}) ran {service.passes - count + 1} passes"
+                expect(heads).to_be_visible(timeout=30_000)
+                if previous is not None:
+                    expect(heads).not_to_have_attribute("src", previous, timeout=30_000)
+                previous = heads.get_attribute("src")
+            page.wait_for_timeout(500)
+            assert service.passes == len(uploads), "a replaced image must not trigger a second pass"
+            assert page.locator(".toast-body").count() == 0, "a valid upload showed an error"
+            seen = page.locator("#seen-img img")
+            expect(seen).to_be_visible()
+
             head_img = page.locator("#head-img img")
-            expect(head_img).to_be_visible(timeout=60_000)
-            expect(page.locator("#heads-img img")).to_be_visible(timeout=60_000)
             before = head_img.get_attribute("src")
             slider = page.locator("#head input[type=range]")
             slider.focus()
@@ -60,17 +84,28 @@ def test_upload_switch_head_and_screenshot(tmp_path):
             page.wait_for_timeout(800)  # let the new images fade in before the screenshot
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
+            passes = service.passes
             # Every other tab draws its panels from the same cached pass.
             for tab, element, action in (("Rollout", "#rollout-img img", None),
                                          ("Head statistics", "#stats-img img", None),
                                          ("Rotary", "#kernel-img img", None),
                                          ("Attributions", "#attr-img img", "Compute attribution")):
-                page.get_by_role("tab", name=tab).click()
+                page.get_by_role("tab", name=tab, exact=True).click()
                 if action:
                     page.get_by_role("button", name=action).click()
                 expect(page.locator(element)).to_be_visible(timeout=60_000)
                 page.wait_for_timeout(800)
                 page.screenshot(path=str(ARTIFACTS / f"tab-{tab.split()[0].lower()}.png"), full_page=True)
+            assert service.passes == passes + 1  # only the attribution ran the model again
+            # A new image while the statistics tab is open redraws it; the old attribution is cleared.
+            page.get_by_role("tab", name="Head statistics", exact=True).click()
+            stats = page.locator("#stats-img img")
+            expect(stats).to_be_visible(timeout=30_000)
+            before = stats.get_attribute("src")
+            file_input.set_input_files(str(uploads[1]))
+            expect(stats).not_to_have_attribute("src", before, timeout=30_000)
+            page.get_by_role("tab", name="Attributions", exact=True).click()
+            expect(page.locator("#attr-img img")).to_have_count(0, timeout=30_000)
             assert hosts <= {"127.0.0.1", "localhost"}, f"the page fetched from elsewhere: {hosts}"
         finally:
             browser.close()

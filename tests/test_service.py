@@ -203,3 +203,18 @@ def test_exports_are_deleted_with_their_session_and_on_close(checkpoint, garment
     path = service.export(other)
     service.close()
     assert not path.exists()
+
+
+def test_a_repeated_analysis_request_runs_the_model_once(checkpoint, garment):
+    """Browsers send a replaced image's change event twice, at once: one pass, the same analysis."""
+    service = make(checkpoint)
+    sid = service.open_session()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(service.analyze(sid, garment))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert service.passes == 1 and results[0] is results[1]
+    service.analyze(sid, garment, (32, 28))  # another size is another analysis
+    assert service.passes == 2

@@ -36,6 +36,7 @@ class Part:
         self.inputs: list = []  # components draw() reads
         self.names: list[str] = []  # their parameter names on the API page, in the same order
         self.outputs: list = []  # components draw() and clear() write
+        self.model_controls: list = []  # components on_model() updates
 
     def handler(self, fn: Callable[[dict], dict]) -> Callable:
         """fn(values: {component: value}) as a handler over `[ctx.session, *self.inputs]` (see `positional`)."""
@@ -49,7 +50,7 @@ class Part:
         return {component: None for component in self.outputs}
 
     def on_model(self, bundle) -> dict:
-        """Control updates when the session's model changes (ranges, choices)."""
+        """Updates of `model_controls` when the session's model changes (ranges, choices)."""
         return {}
 
     def wire(self) -> None:

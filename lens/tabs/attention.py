@@ -40,6 +40,7 @@ class AttentionPart(Part):
         self.inputs = [self.layer, self.head, self.shared_scale]
         self.names = ["layer", "head", "shared_scale"]
         self.outputs = [self.heads_img, self.head_img, self.model_img, self.query_info]
+        self.model_controls = [self.layer, self.head]
         ctx.shared.update(layer=self.layer, head=self.head)
 
     def on_model(self, bundle) -> dict:

@@ -32,6 +32,7 @@ class AttributionsPart(Part):
         self.attr_img = gr.Image(label="attribution", show_label=False, elem_id="attr-img", interactive=False,
                                  format="png")
         self.outputs = [self.attr_img]
+        self.model_controls = [self.target]
 
     def on_model(self, bundle) -> dict:
         return {self.target: gr.Dropdown(choices=class_choices(bundle), value=None)}

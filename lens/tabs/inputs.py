@@ -6,6 +6,7 @@ import gradio as gr
 from lens import texts
 from lens.tabs import Part
 from rvt.assets import EXAMPLES as EXAMPLES_DIR
+from viz.render import enlarge
 
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
 
@@ -48,6 +49,7 @@ class InputPart(Part):
             self.height = gr.Slider(label="height (px)", elem_id="height", **self.size_kwargs(bundle))
             self.width = gr.Slider(label="width (px)", elem_id="width", **self.size_kwargs(bundle, axis=1))
         self.outputs = [self.label, self.seen]
+        self.model_controls = [self.height, self.width]
         ctx.shared.update(image=self.image, height=self.height, width=self.width)
 
     def size_kwargs(self, bundle, axis: int = 0) -> dict:
@@ -60,4 +62,4 @@ class InputPart(Part):
 
     def draw(self, sid, values):
         analysis = self.ctx.service.current(sid)
-        return {self.label: dict(analysis.top(5)), self.seen: analysis.image}
+        return {self.label: dict(analysis.top(5)), self.seen: enlarge(analysis.image)}

@@ -34,6 +34,7 @@ class RolloutPart(Part):
         self.inputs = [self.fusion, self.discard, self.target]
         self.names = ["fusion", "discard_ratio", "target"]
         self.outputs = [self.rollout_img, self.grad_img]
+        self.model_controls = [self.target]
 
     def on_model(self, bundle) -> dict:
         return {self.target: gr.Dropdown(choices=class_choices(bundle), value=None)}

@@ -48,6 +48,7 @@ class WhatIfPart(Part):
                                    format="png", elem_id="before-img")
         self.after_img = gr.Image(label="attention after", interactive=False, format="png", elem_id="after-img")
         self.outputs = [self.label, self.table, self.before_img, self.after_img]
+        self.model_controls = [self.heads_off, self.rotary_off]
 
     def on_model(self, bundle) -> dict:
         return {self.heads_off: gr.CheckboxGroup(choices=head_choices(bundle.config), value=[]),
