@@ -176,6 +176,10 @@ def _safetensors_header(path: Path, limits: ModelLimits) -> tuple[dict[str, tupl
             raise CheckpointError(f"a safetensors header of {n:,} bytes is declared, in a file of {size:,} bytes. "
                                   f"Accepted: a header that fits in the file, up to {MAX_HEADER_BYTES:,} bytes.")
         raw = f.read(n)
+    too_many = CheckpointError(f"the safetensors header lists more than {MAX_TENSORS:,} tensors. Accepted: up to "
+                               f"{MAX_TENSORS:,}, as an RvT within this server's limits has at most a few hundred.")
+    if raw.count(b'"data_offsets"') > MAX_TENSORS:  # a cheap early bound; the parsed count is checked below
+        raise too_many
     try:
         header = json.loads(raw, object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -188,8 +192,7 @@ def _safetensors_header(path: Path, limits: ModelLimits) -> tuple[dict[str, tupl
         raise CheckpointError("the safetensors metadata is not a mapping of strings. Accepted: save_file's metadata.")
 
     if len(header) > MAX_TENSORS:
-        raise CheckpointError(f"the safetensors header lists {len(header):,} tensors. Accepted: up to "
-                              f"{MAX_TENSORS:,}, as an RvT within this server's limits has at most a few hundred.")
+        raise too_many
     shapes, spans, total = {}, [], 0
     for name, entry in header.items():
         if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}

@@ -183,9 +183,9 @@ CASES = {
         "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, bytes(8)), r"declares shape \[4\]", None),
     "duplicate tensor name": (lambda d: _raw_safetensors(d, "dup.safetensors", DUP, bytes(4)),
                               r"names \['a'\] twice", None),
-    "60,000 tensors in a 4 MB header": (lambda d: _raw_safetensors(d, "many.safetensors", {
-        f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(60_000)}),
-        r"lists 60,000 tensors. Accepted: up to 4,096", None),
+    "60,000 tensors in a 4 MB header": (lambda d: _raw_safetensors(d, "many.safetensors", b"{%b}" % b", ".join(
+        b'"t%d": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}' % i for i in range(60_000))),
+        r"lists more than 4,096 tensors. Accepted: up to 4,096", None),
     "JSON nested 200,000 deep": (lambda d: _raw_safetensors(d, "deep.safetensors", b'{"a":' * 200_000 + b"1"
                                                             + b"}" * 200_000), r"not valid JSON", None),
     "zip with 60,000 entries": (lambda d: _zip(d, "entries.pt", [(f"a/{i}", b"", 0, 0) for i in range(60_000)]),
