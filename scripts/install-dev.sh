@@ -8,5 +8,6 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || [ ! -
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q dataset-fashion-mnist chromium
 fi
-python -m pip install -q -r requirements-dev.txt
+python -m pip install -q -r requirements.txt -r requirements-dev.txt
+python -m pip install -q --no-deps --no-build-isolation -e .  # the rvt-lens command, and the packages importable anywhere
 python -m pip install -q --no-deps vit-pytorch==1.26.11
