@@ -121,12 +121,14 @@ def attention_maps(bundle: Bundle, x: torch.Tensor, method: str, targets: torch.
 
 def attribution_map(bundle: Bundle, x: torch.Tensor, method: str, target: int) -> np.ndarray:
     """(H, W) pixel relevance of a captum method for one input x (1, C, H, W): Integrated Gradients
-    summed over channels; Saliency as the channel maximum of |gradient| (Simonyan et al.)."""
+    summed over channels, from a black baseline; Saliency as the channel maximum of |gradient|
+    (Simonyan et al.)."""
     from viz.attributions import attribute
 
     if method not in ATTRIBUTION_METHODS:
         raise ValueError(f"unknown attribution method {method!r}: choose one of {ATTRIBUTION_METHODS}")
-    result = attribute(bundle.model, x.to(bundle.device), target, method)[0].float().cpu()  # (C, H, W)
+    result = attribute(bundle.model, x.to(bundle.device), target, method,
+                       preprocess=bundle.preprocess)[0].float().cpu()  # (C, H, W)
     return (result.abs().amax(0) if method == "Saliency" else result.sum(0)).numpy()
 
 
@@ -293,6 +295,7 @@ def main(argv=None) -> None:
                      *(f"{results[n][method]['rank']:.3f}" for n in bundles)])
     print(f"\nRelevance mass / rank accuracy on the key objects, {args.count} scenes, predicted class\n{_table(rows)}")
 
+    held_out = make_scenes(args.accuracy_count, args.seed, base) if args.heads else []
     for name, bundle in bundles.items() if args.heads else ():
         mass = head_object_mass(bundle, scenes)
         print(f"\n{name}: per-head attention mass on the key objects (uniform attention: {float(mass['uniform']):.3f})")
@@ -300,7 +303,7 @@ def main(argv=None) -> None:
             rows = [["layer", *(f"head {h}" for h in range(mass[kind].shape[1]))]]
             rows += [[str(i), *(f"{v:.3f}" for v in row)] for i, row in enumerate(mass[kind])]
             print(f"{'CLS query' if kind == 'cls' else 'mean over patch queries'}\n{_table(rows)}")
-            what_if = silencing(bundle, make_scenes(args.accuracy_count, args.seed, base), mass[kind], args.heads)
+            what_if = silencing(bundle, held_out, mass[kind], args.heads)
             print(f"silencing by {kind} mass, heads off {top_heads(mass[kind], args.heads)}: "
                   + ", ".join(f"{k} {v:.1%}" for k, v in what_if.items()))
 
