@@ -20,7 +20,7 @@ import argparse
 import csv
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,16 +151,32 @@ def random_spec(seed: int | tuple[int, ...], canvas: tuple[int, int] = BASE, lab
     count = int(round(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1) * area))
     placed: list[SceneObject] = []
     for _ in range(count):
-        for _ in range(50):
-            size = float(rng.uniform(*OBJECT_SIZE))
-            obj = SceneObject(str(rng.choice(SHAPES)), _tint(rng, DISTRACTOR_COLOURS[rng.integers(4)]),
-                              float(rng.uniform(0, width)), float(rng.uniform(0, height)), size)
-            if _fits(obj.x, obj.y, size, (height, width)) and _clear(obj, [red, blue, *placed]):
-                placed.append(obj)
-                break
+        obj = _distractor(rng, (height, width), [red, blue, *placed])
+        placed += [obj] if obj else []
     background = _tint(rng, (45, 45, 50), 15)
     return SceneSpec(height, width, red, blue, placed, background, texture=float(rng.uniform(6, 16)),
                      noise=float(rng.uniform(2, 6)), seed=int(rng.integers(2**31)))
+
+
+def _distractor(rng: np.random.Generator, canvas: tuple[int, int], others: list[SceneObject],
+                tries: int = 50) -> SceneObject | None:
+    """A random distractor clear of `others`, or None when `tries` random spots all collide."""
+    for _ in range(tries):
+        size = float(rng.uniform(*OBJECT_SIZE))
+        obj = SceneObject(str(rng.choice(SHAPES)), _tint(rng, DISTRACTOR_COLOURS[rng.integers(4)]),
+                          float(rng.uniform(0, canvas[1])), float(rng.uniform(0, canvas[0])), size)
+        if _fits(obj.x, obj.y, size, canvas) and _clear(obj, others):
+            return obj
+    return None
+
+
+def add_distractor(spec: SceneSpec, seed: int | tuple[int, ...] = 0) -> SceneSpec:
+    """A copy of `spec` with one more random distractor where it touches nothing (the editor's
+    'add' button); raises ValueError when the canvas has no free spot left."""
+    obj = _distractor(np.random.default_rng(seed), (spec.height, spec.width), list(spec.objects.values()), 500)
+    if obj is None:
+        raise ValueError("no free spot left for another distractor; remove one or move the objects")
+    return replace(spec, distractors=[*spec.distractors, obj])
 
 
 def _polygon(obj: SceneObject, sy: float, sx: float) -> list[tuple[float, float]] | None:
@@ -241,6 +257,11 @@ class Scene:
     def label(self) -> str:
         return self.spec.label
 
+    @classmethod
+    def from_spec(cls, spec: SceneSpec, size: tuple[int, int] | None = None) -> Scene:
+        """Render `spec` at `size` (default its canvas) into a Scene (image and masks)."""
+        return cls(spec, *render_scene(spec, size))
+
 
 def scene_seed(seed: int, index: int) -> tuple[int, int]:
     """The seed of scene `index` of a set: sets with different seeds share no scene."""
@@ -253,9 +274,7 @@ def make_scene(seed: int | tuple[int, ...], size: tuple[int, int] = BASE, mode: 
     their pixel size); 'zoom': a `base` canvas rendered at `size` (objects scale with the image)."""
     if mode not in ("zoom", "extend"):
         raise ValueError(f"mode must be 'zoom' or 'extend', not {mode!r}")
-    spec = random_spec(seed, size if mode == "extend" else base)
-    image, masks = render_scene(spec, size)
-    return Scene(spec, image, masks)
+    return Scene.from_spec(random_spec(seed, size if mode == "extend" else base), size)
 
 
 def make_scenes(count: int, seed: int, size: tuple[int, int] = BASE, mode: str = "extend",

@@ -19,7 +19,17 @@ from rvt.groundtruth import (
     relevance_maps,
     score_scene,
 )
-from rvt.scenes import LABELS, SceneSpec, make_scene, make_scenes, random_spec, render_scene, scene_tensors
+from rvt.scenes import (
+    LABELS,
+    Scene,
+    SceneSpec,
+    add_distractor,
+    make_scene,
+    make_scenes,
+    random_spec,
+    render_scene,
+    scene_tensors,
+)
 from rvt.scenes import main as scenes_main
 from rvt.train import scene_preprocess
 
@@ -75,6 +85,11 @@ def test_spec_round_trip_and_editing():
     image, masks = render_scene(moved)
     assert moved.label == "red right of blue" == centroid_label(masks)
     assert set(masks) == {"red", "blue"}
+    crowded = add_distractor(add_distractor(moved, 1), 2)
+    assert len(crowded.distractors) == 2 and crowded.label == moved.label
+    scene = Scene.from_spec(crowded)
+    assert all(m.any() for m in scene.masks.values())  # each new distractor is visible, none hides another
+    assert centroid_label(scene.masks) == moved.label
     with pytest.raises(ValueError, match="shape must be one of"):
         replace(spec.red, shape="star")
     with pytest.raises(ValueError, match="not a scene spec"):
