@@ -57,7 +57,7 @@ def prepare(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = N
 
 def analyze(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = None, *,
             heads_off: dict[int, list[int]] | None = None, rotary_off: list[int] | None = None,
-            bf16: bool = False, budget: int | None = None) -> Analysis:
+            bf16: bool = False, budget: int | None = None, head_stats: bool = True) -> Analysis:
     """Preprocess `image` at `size` (H, W; default the training size) and run `analyze_input`.
 
     budget: bytes this analysis may use (`rvt.budget`); a size above it raises `BudgetError`, naming
@@ -67,15 +67,18 @@ def analyze(bundle: Bundle, image: Image.Image, size: tuple[int, int] | None = N
     if budget is not None:
         check_budget(bundle.config, size, budget)
     x, shown = prepare(bundle, image, size)
-    return analyze_input(bundle, x, shown, heads_off=heads_off, rotary_off=rotary_off, bf16=bf16)
+    return analyze_input(bundle, x, shown, heads_off=heads_off, rotary_off=rotary_off, bf16=bf16,
+                         head_stats=head_stats)
 
 
 def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
                   heads_off: dict[int, list[int]] | None = None, rotary_off: list[int] | None = None,
-                  bf16: bool = False, budget: int | None = None) -> Analysis:
+                  bf16: bool = False, budget: int | None = None, head_stats: bool = True) -> Analysis:
     """One captured forward pass of a prepared input x (1, C, H, W), optionally with interventions.
 
-    Records head statistics during the pass (the Stats tab then only draws); keeps attention as
+    head_stats: record head statistics during the pass, from the fp32 maps and scores at hand
+    (at 224 px about 15% of the pass; the Stats tab then only draws; without, it computes them
+    from the stored maps when opened, several times slower at large sizes). Keeps attention as
     float16 when float32 would exceed `rvt.budget.ATTENTION_FP32_LIMIT` (`attention_dtype`).
     bf16: autocast the pass to bfloat16 (CPU and CUDA).
     """
@@ -84,7 +87,7 @@ def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
         check_budget(bundle.config, size, budget)
     model, dtype = bundle.model, attention_dtype(bundle.config, size)
     with torch.inference_mode(), autocast(bundle.device, bf16), \
-            capture(model, qk=True, head_stats=True, dtype=dtype) as trace, \
+            capture(model, qk=True, head_stats=head_stats, dtype=dtype) as trace, \
             intervene(model, heads_off=heads_off, rotary_off=rotary_off):
         logits = model(x.to(bundle.device))
     return Analysis(image=shown, input=x, probs=logits.float().softmax(-1)[0].cpu(), trace=trace.cpu(dtype),

@@ -35,7 +35,7 @@ FORWARD_MAPS = 2.5
 # The interpreter, torch and the model are already resident; this is what one request adds besides
 # maps (allocator slack, the input at a few stages, small activations), measured.
 OVERHEAD = 24 * 2 ** 20
-GRADIENT_SLACK = 96 * 2 ** 20
+GRADIENT_SLACK = 160 * 2 ** 20
 DEFAULT_BUDGET = "1GB"  # issue 10's target for an upload at 224 px on the bundled model
 UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}

@@ -56,17 +56,17 @@ def head_statistics(probs: torch.Tensor, distances: torch.Tensor,
     fraction of patch queries' attention that goes to CLS. With `scores` (the softmax's input z),
     entropy uses log p = z - logsumexp(z), with logsumexp = max z - log max p: no logarithm per entry.
     """
-    p = probs.float()
-    patch_mass = (p.sum(-1) - p[..., 0])[..., 1:]  # (B, H, N-1)
+    p = probs.float()  # each pass below reads the maps once; none allocates a map
+    mass = p.sum(-1)  # (B, H, N)
     reach = torch.einsum("bhij,ij->bhi", p, distances)[..., 1:]
-    distance = (reach / patch_mass.clamp_min(1e-12)).mean(-1)
+    distance = (reach / (mass - p[..., 0])[..., 1:].clamp_min(1e-12)).mean(-1)
     if scores is None:
         q = p.clamp_min(1e-12)
         entropy = -torch.einsum("bhij,bhij->bhi", q, q.log())
     else:
         z = scores.float()
         lse = z.amax(-1) - p.amax(-1).log()  # (B, H, N)
-        entropy = lse * p.sum(-1) - torch.einsum("bhij,bhij->bhi", p, z)
+        entropy = lse * mass - torch.einsum("bhij,bhij->bhi", p, z)
     return {"mean_distance_px": distance, "entropy_nats": entropy.mean(-1), "cls_share": p[..., 1:, 0].mean(-1)}
 
 
