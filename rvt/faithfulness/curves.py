@@ -59,7 +59,7 @@ def probabilities(model: nn.Module, x: torch.Tensor, fill: torch.Tensor, filled:
         for start in range(0, len(unique), batch_size):
             if check is not None:
                 check()
-            where = _pixels(unique[start:start + batch_size], grid, x.shape[-2:])
+            where = _pixels(unique[start:start + batch_size], grid, x.shape[-2:]).to(x.device)
             out.append(model(torch.where(where, fill, x)).float().softmax(-1)[:, target])
     return torch.cat(out)[inverse]
 
@@ -86,7 +86,7 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target: int, maps: Map
         raise ValueError(f"steps must be between 1 and the {n} patches, not {steps}")
     counts = torch.linspace(0, n, steps + 1).round().long()  # (S + 1,) patches removed / inserted
     names = list(maps)
-    scores = torch.cat([patch_scores(maps[m].float(), patch_size, m in MAGNITUDE) for m in names])  # (M, n)
+    scores = torch.cat([patch_scores(maps[m].float().cpu(), patch_size, m in MAGNITUDE) for m in names])  # (M, n)
     order = scores.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n).expand_as(order))  # (M, n)
     top = rank[:, None, :] < counts[None, :, None]  # (M, S + 1, n): the first k patches of the map's order

@@ -52,11 +52,11 @@ def infidelity_scores(model: nn.Module, x: torch.Tensor, target: int, maps: Mapp
         # captum repeats each example `samples` times in a row: draw `samples` masks, the same for every map.
         generator = torch.Generator().manual_seed(seed)
         masks = torch.rand((samples, grid[0] * grid[1]), generator=generator) < drop
-        where = _pixels(masks, grid, x.shape[-2:]).repeat(inputs.shape[0] // samples, 1, 1, 1)
+        where = _pixels(masks, grid, x.shape[-2:]).repeat(inputs.shape[0] // samples, 1, 1, 1).to(inputs.device)
         perturbed = torch.where(where, reference, inputs)
         return inputs - perturbed, perturbed
 
-    attributions = torch.cat([pixel_attribution(maps[m].float(), x.shape) for m in names])  # (M, C, H, W)
+    attributions = torch.cat([pixel_attribution(maps[m].float().to(x.device), x.shape) for m in names])  # (M, C, H, W)
     scores = infidelity(_forward_unique(model, check), perturb, x.detach().expand(len(names), -1, -1, -1),
                         attributions, target=target, n_perturb_samples=samples, normalize=True)
     return dict(zip(names, scores.tolist()))
