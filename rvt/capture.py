@@ -56,7 +56,7 @@ def head_statistics(probs: torch.Tensor, distances: torch.Tensor,
     fraction of patch queries' attention that goes to CLS. With `scores` (the softmax's input z),
     entropy uses log p = z - logsumexp(z), with logsumexp = max z - log max p: no logarithm per entry.
     """
-    p = probs.float()  # each pass below reads the maps once; none allocates a map
+    p = probs.float()  # with scores and float32 maps, each pass reads the maps once and allocates none
     mass = p.sum(-1)  # (B, H, N)
     reach = torch.einsum("bhij,ij->bhi", p, distances)[..., 1:]
     distance = (reach / (mass - p[..., 0])[..., 1:].clamp_min(1e-12)).mean(-1)

@@ -32,8 +32,11 @@ def head_stats_of(attention: torch.Tensor | Sequence[torch.Tensor], grid: tuple[
     if len(attention) == 0 or attention[0].dim() != 4 or attention[0].shape[-1] != attention[0].shape[-2]:
         raise ValueError("head statistics need full attention per layer (B, H, N, N); cls_only captures lack it")
     distances = token_distances(grid, patch_size)
-    per_layer = [head_statistics(layer, distances) for layer in attention]
-    return {name: torch.stack([s[name].mean(0) for s in per_layer]) for name in STATISTICS}
+    per_layer = []
+    for layer in attention:  # one head at a time: float copies and logarithms of one (B, N, N) map
+        heads = [head_statistics(layer[:, h:h + 1], distances) for h in range(layer.shape[1])]
+        per_layer.append({name: torch.cat([s[name] for s in heads], dim=1).mean(0) for name in STATISTICS})
+    return {name: torch.stack([s[name] for s in per_layer]) for name in STATISTICS}
 
 
 def mean_attention_distance(attention: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
