@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from rvt import Bundle, RvT, RvTConfig, load_checkpoint
+from rvt import Bundle, ModelLimits, RvT, RvTConfig, load_checkpoint
 from rvt.analysis import Analysis, analyze, analyze_input, attention_gradients
 from rvt.preprocess import Preprocess, read_image
-from viz.attributions import METHODS, attribute
+from viz.attributions import BASELINES, METHODS, attribute
 
 log = logging.getLogger("rvt-lens")
 
@@ -194,9 +194,9 @@ class RandomSpec:
 
 class LensService:
     def __init__(self, bundle: Bundle, limits: ServerLimits | None = None, *, bf16: bool = False,
-                 model_limits=None):
+                 model_limits: ModelLimits | None = None):
         self.limits = limits or ServerLimits()
-        self.model_limits = model_limits
+        self.model_limits = model_limits or ModelLimits()
         self.bf16 = bf16
         self.bundled = ModelPool(bundle, shared=True)
         self._sessions: dict[str, SessionData] = {}
@@ -282,8 +282,7 @@ class LensService:
         return self._set_model(sid, self.bundled)
 
     def load_checkpoint(self, sid: str, path: str | Path, **hints) -> Bundle:
-        limits = {} if self.model_limits is None else {"limits": self.model_limits}
-        bundle = load_checkpoint(path, self.bundled.bundle.device, **hints, **limits)
+        bundle = load_checkpoint(path, self.bundled.bundle.device, limits=self.model_limits, **hints)
         return self._set_model(sid, ModelPool(bundle, shared=False))
 
     def random_model(self, sid: str, spec: RandomSpec) -> Bundle:
@@ -300,8 +299,7 @@ class LensService:
         return self._set_model(sid, ModelPool(bundle, shared=False))
 
     def check_model_size(self, config: RvTConfig) -> None:
-        if self.model_limits is not None:
-            self.model_limits.check(config)
+        self.model_limits.check(config)
 
     def _set_model(self, sid: str, pool: ModelPool) -> Bundle:
         data = self.session(sid)
@@ -427,22 +425,22 @@ class LensService:
         return job is not None
 
     def attribution(self, sid: str, method: str, steps: int = 32, smooth: bool = False, target: int | None = None,
-                    progress: Callable[[float], None] | None = None) -> tuple[torch.Tensor, int]:
+                    progress: Callable[[float], None] | None = None,
+                    baseline: str = "black") -> tuple[torch.Tensor, int]:
         """Captum attribution of the current analysis for `target` (default: the predicted class)."""
         if method not in METHODS:
             raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        if baseline not in BASELINES:
+            raise UserError(f"unknown baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
         if not 1 <= int(steps) <= self.limits.max_steps:
             raise UserError(f"steps must be between 1 and {self.limits.max_steps}, not {steps}")
         analysis = self.current(sid)
         data = self.session(sid)
         target = int(analysis.probs.argmax()) if target is None else self.check_class(data.bundle, target)
         with self.job(sid) as job, self._borrow(data) as replica:
-            def tick(fraction: float) -> None:
-                job.check()
-                if progress is not None:
-                    progress(fraction)
             attr = attribute(replica.model, analysis.input.to(replica.device), target, method, int(steps),
-                             bool(smooth), progress=tick)
+                             bool(smooth), progress=progress, baseline=baseline, preprocess=replica.preprocess,
+                             check=job.check)
         return attr.cpu(), target
 
     def whatif(self, sid: str, heads_off: dict[int, list[int]], rotary_off: list[int]) -> Analysis:

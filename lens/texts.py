@@ -73,3 +73,51 @@ QUERY_CLS = "Query: CLS token"
 
 def query_text(row: int, col: int) -> str:
     return f"Query patch: row {row}, column {col} (click another patch, or reset to CLS)"
+
+LAB = """**Rotary lab.** Change the frequency schedule, the patch grid and the head size and watch what rotary
+does, with no image and no model pass. *RvT* (vit-pytorch) places the patches at positions from -1 to 1 along
+each axis and turns band b by linspace(1, max_freq / 2, dim_head / 4)[b] · π per unit of position; RvT sets
+max_freq to the training image size. *RoPE axial* (as in RoPE-ViT) uses integer patch positions and turns band
+i by base^(-4i / dim_head) rad per patch. In both, dim_head / 4 bands follow the row and as many the column.
+*RoPE-Mixed* turns every pair along its own direction in the (row, column) plane: half along a random (seeded)
+direction, half along the perpendicular one, as RoPE-ViT initialises it. *This model's own* reads the scales
+stored in the loaded model. The figures: each band's angle over the grid (the colour wheel wraps at 2π), the
+step per patch before and after wrapping against π, and the relative-position kernel for q = k spread evenly
+over the pairs (the mean of cos(angle difference)) with its cuts along the row, the column and the diagonal.
+**Resolution**: with a training grid, a larger grid shrinks RvT's step per patch (its positions stay in
+[-1, 1], so it interpolates), while RoPE's integer positions keep the step and reach angles never seen in
+training (it extrapolates). Position interpolation, NTK-aware and YaRN scaling apply to the RoPE schedules
+and change only a grid larger than the training grid."""
+
+LAB_LESSON = "Pick a step: it sets the controls, the figures follow, and this box says what to look at."
+
+LAB_MODEL = """**With an image: the loaded model.** *Head kernel*: for the layer and head chosen on the Attention
+tab, the idealised kernel of the model's schedule at the analysed grid beside what rotation alone does to this
+head's q and k (the query patch clicked there, or the mean patch query, against the mean key) and the head's
+real mean score q_rot·k_rot/√d at each offset. *Band usage*: per layer and head, √(E|q_p|² · E|k_p|²) of each
+rotated pair p as a share of the head's total. Following Barbero et al. 2024 ("Round and Round We Go"), a head is
+called **positional** if at least 60% of its usage is on the faster half of the pairs (ranked by wrapped step at
+this grid), **semantic** if at most 40%, and mixed otherwise."""
+
+LAB_WHATIF = """**Switch bands off**: the chosen bands get the identity rotation in queries and keys in the chosen
+layers, and the image runs again on a private copy of the model. The figure shows the top 5 before and after
+and, per layer and head, how much the attention rows changed (total variation averaged over queries: 0 the
+same, 1 disjoint)."""
+
+LAB_SWEEP = """**Resolution sweep**: the upload resized so that its patch grid is 0.5x to 4x the training grid, one
+pass per size, with progress; Cancel stops it before the next size. Per size: the top prediction, and per
+layer the attention entropy as a share of its maximum log(1 + N) and the mean attention distance relative to
+uniform attention's (both averaged over heads). The images are resized, so part of any change is the content's
+scale, not rotary."""
+
+
+def lab_model_note(schedule: str, grid: tuple[int, int], row: int, col: int, bands: int) -> str:
+    return (f"The model's schedule ({schedule}) at the analysed {grid[0]}x{grid[1]} grid: {row} of {bands} row "
+            f"bands and {col} of {bands} column bands alias.")
+
+
+def sweep_note(sweep: dict, too_large: list[float]) -> str:
+    sizes = ", ".join(f"{r['grid'][0]}x{r['grid'][1]}" for r in sweep["rows"])
+    skipped = [f"{s['grid'][0]}x{s['grid'][1]} ({s['reason']})" for s in sweep["skipped"]]
+    skipped += [f"{s}x (larger than this server's largest side)" for s in too_large]
+    return f"Swept grids {sizes}." + (f" Skipped: {'; '.join(skipped)}." if skipped else "")

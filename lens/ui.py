@@ -20,11 +20,13 @@ from lens.tabs.inputs import InputPart
 from lens.tabs.model import ModelPart, model_summary
 from lens.tabs.rollout import RolloutPart
 from lens.tabs.rotary import RotaryPart
+from lens.tabs.rotary_lab import RotaryLabPart
 from lens.tabs.stats import StatsPart
 from lens.tabs.whatif import WhatIfPart
 
-TABS = (AttentionPart, RolloutPart, StatsPart, RotaryPart, AttributionsPart, WhatIfPart, ExportPart)
-LANES = {"pass": 2, "heavy": 2}  # a session runs at most one heavy job, so two lanes serve two visitors
+TABS = (AttentionPart, RolloutPart, StatsPart, RotaryPart, RotaryLabPart, AttributionsPart, WhatIfPart, ExportPart)
+LANES = {"pass": 2, "heavy": 2}
+MAX_UPLOAD = "128mb"  # a ViT-S-sized checkpoint (~120 MB in fp32) fits; images are bounded again by read_image  # a session runs at most one heavy job, so two lanes serve two visitors
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
                    font_mono=["ui-monospace", "Consolas", "monospace"])  # local fonts only: works air-gapped
 
@@ -139,5 +141,5 @@ def launch(demo: gr.Blocks, host: str, port: int, **kwargs):
     for fn in demo.fns.values():
         if fn.concurrency_id in LANES:
             fn.concurrency_limit = LANES[fn.concurrency_id]
-    return demo.launch(server_name=host, server_port=port, share=False, max_file_size="20mb",
+    return demo.launch(server_name=host, server_port=port, share=False, max_file_size=MAX_UPLOAD,
                        theme=gr.themes.Default(**THEME_FONTS), show_error=True, **kwargs)

@@ -178,7 +178,7 @@ def test_sizes_above_the_server_limit_are_refused(client, images):
 
 def test_attribution_whatif_and_export(client, images):
     predict(client, images / "garment.png")
-    attr = client.predict("Integrated Gradients", 8, False, None, api_name="/attribution")
+    attr = client.predict("Integrated Gradients", 8, "black", False, None, api_name="/attribution")
     assert Image.open(attr).width > 200
     after, table, before_img, after_img = client.predict([4, 5], [0], 2, api_name="/whatif")  # layer 2's heads
     assert "| class | before | after | change |" in table and len(after["confidences"]) == 5
@@ -200,7 +200,7 @@ def panels(client):
 
 def test_a_new_image_clears_old_results_and_a_refused_one_clears_everything(client, images):
     predict(client, images / "garment.png")
-    assert client.predict("Saliency", 4, False, None, api_name="/attribution") is not None
+    assert client.predict("Saliency", 4, "black", False, None, api_name="/attribution") is not None
     predict(client, images / "other.png")
     shown = panels(client)
     assert shown["attribution"] is None and not shown["prediction after"]  # old results are gone

@@ -7,7 +7,7 @@ from lens import texts
 from lens.errors import guarded
 from lens.tabs import Part
 from lens.tabs.rollout import class_choices
-from viz.attributions import METHODS, attribution_figure
+from viz.attributions import BASELINES, METHODS, attribution_figure, describe
 from viz.render import figure_to_image
 
 
@@ -23,6 +23,7 @@ class AttributionsPart(Part):
         with gr.Row():
             self.method = gr.Dropdown(list(METHODS), value=METHODS[0], label="method")
             self.steps = gr.Slider(4, service.limits.max_steps, value=32, step=4, label="steps / samples")
+            self.baseline = gr.Dropdown(list(BASELINES), value="black", label="baseline (IG, Occlusion, GradientShap)")
             self.smooth = gr.Checkbox(value=False, label="SmoothGrad (noise tunnel)")
             self.target = gr.Dropdown(class_choices(service.bundled.bundle), value=None,
                                       label="class (default: predicted)")
@@ -41,20 +42,21 @@ class AttributionsPart(Part):
         ctx, service = self.ctx, self.ctx.service
 
         @guarded
-        def run(sid, method, steps, smooth, target, progress=gr.Progress()):
+        def run(sid, method, steps, baseline, smooth, target, progress=gr.Progress()):
             progress(0.0, desc=method)
             attr, target = service.attribution(sid, method, int(steps), bool(smooth), target,
-                                               progress=lambda f: progress(f, desc=method))
-            analysis = service.current(sid)
+                                               progress=lambda f: progress(f, desc=method), baseline=baseline)
+            analysis, bundle = service.current(sid), service.session(sid).bundle
             title = f"{method}{' + SmoothGrad' if smooth else ''} for '{analysis.labels[target]}'"
-            return figure_to_image(attribution_figure(analysis.image, attr, title))
+            note = describe(method, baseline, bundle.preprocess, bool(smooth), analysis.image.shape[:2])
+            return figure_to_image(attribution_figure(analysis.image, attr, title, note))
 
         @guarded
         def stop(sid):
             if not service.cancel(sid):
                 gr.Info("No attribution is running.")
 
-        event = self.run.click(run, [ctx.session, self.method, self.steps, self.smooth, self.target],
+        event = self.run.click(run, [ctx.session, self.method, self.steps, self.baseline, self.smooth, self.target],
                                self.attr_img, api_name="attribution", concurrency_id="heavy")
         self.stop.click(stop, [ctx.session], None, api_name="cancel_attribution", cancels=[event],
                         queue=False)
