@@ -25,8 +25,8 @@ from lens.tabs.stats import StatsPart
 from lens.tabs.whatif import WhatIfPart
 
 TABS = (AttentionPart, RolloutPart, StatsPart, RotaryPart, RotaryLabPart, AttributionsPart, WhatIfPart, ExportPart)
-LANES = {"pass": 2, "heavy": 2}
-MAX_UPLOAD = "128mb"  # a ViT-S-sized checkpoint (~120 MB in fp32) fits; images are bounded again by read_image  # a session runs at most one heavy job, so two lanes serve two visitors
+LANES = {"pass": 2, "heavy": 2}  # a session runs at most one heavy job, so two lanes serve two visitors
+MAX_UPLOAD = "128mb"  # a ViT-S-sized checkpoint (~120 MB in fp32) fits; images are bounded again by read_image
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
                    font_mono=["ui-monospace", "Consolas", "monospace"])  # local fonts only: works air-gapped
 
