@@ -1,4 +1,5 @@
 """The explorer's service without a server: sessions, passes, jobs and limits, in milliseconds."""
+import re
 import threading
 import time
 
@@ -218,3 +219,13 @@ def test_a_repeated_analysis_request_runs_the_model_once(checkpoint, garment):
     assert service.passes == 1 and results[0] is results[1]
     service.analyze(sid, garment, (32, 28))  # another size is another analysis
     assert service.passes == 2
+
+
+def test_unexpected_errors_reach_the_visitor_as_an_id(caplog):
+    from lens.errors import visitor_message
+
+    message = visitor_message(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))
+    assert "mat1" not in message and re.search(r"Something went wrong \(id [0-9a-f]{8}\)", message)
+    incident = re.search(r"id ([0-9a-f]{8})", message).group(1)
+    assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)  # the detail is in the log
+    assert visitor_message(UserError("\x1b[31mred\x1b[0m words.")) == "red words."
