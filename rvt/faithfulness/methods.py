@@ -154,10 +154,11 @@ def _attention_maps(model: nn.Module, x: torch.Tensor, target: int) -> dict[str,
     attention, gradients = trace.attention.float(), trace.attention_grad.float()  # (L, B, H, N, N)
     grid, batch = trace.grid, range(x.shape[0])
 
-    def patches(rolled: torch.Tensor) -> torch.Tensor:  # (B, N, N) -> (B, h, w) of the CLS row
+    def patches(rolled: torch.Tensor) -> torch.Tensor:  # (B, 1, N) CLS rows -> (B, h, w)
         return torch.stack([tokens_to_grid(cls_relevance(rolled, b), grid) for b in batch])
 
-    maps = {name: patches(attention_rollout(attention, head_fusion=fusion)) for name, fusion in ROLLOUTS.items()}
-    maps["Gradient rollout"] = patches(gradient_rollout(attention, gradients))
+    maps = {name: patches(attention_rollout(attention, head_fusion=fusion, rows=[0]))  # the CLS row only
+            for name, fusion in ROLLOUTS.items()}
+    maps["Gradient rollout"] = patches(gradient_rollout(attention, gradients, rows=[0]))
     maps["CLS attention (last layer)"] = tokens_to_grid(attention[-1, :, :, 0, 1:].mean(1), grid)  # heads averaged
     return maps

@@ -15,9 +15,9 @@ from viz.attributions import BASELINES, describe_baseline
 
 from ..preprocess import Preprocess
 from .curves import Curves, deletion_insertion
-from .methods import ALL_METHODS, RANDOM, ROLLOUTS, SINGLE_PASS, Explainer, MapSettings, explain, tensor_key
+from .methods import ALL_METHODS, RANDOM, ROLLOUTS, SINGLE_PASS, SMOOTHGRAD, Explainer, MapSettings, explain, tensor_key
 from .metrics import infidelity_scores, sensitivity_scores
-from .randomization import RULE, Randomization, model_key, randomization_check
+from .randomization import RULE, Randomization, clear_cascades, model_key, randomization_check
 
 # Metric -> (direction, how to read it). Shown beside the table and written to the export.
 READING = {
@@ -125,12 +125,31 @@ class Scorecard:
         return {"target": self.target, "fill": self.fill, "fills": list(self.config.fills),
                 "attribution_baseline": self.baseline, "randomization_stages": self.randomization.stages,
                 "randomization_rule": RULE, "reading": {k: f"{d} is better: {t}" for k, (d, t) in READING.items()},
-                "caveat": CAVEAT, "config": asdict(self.config)}
+                "caveat": CAVEAT, "config": asdict(self.config), "methods": self.method_settings()}
+
+    def method_settings(self) -> dict[str, str]:
+        """How the maps were computed, where it differs from a method's name alone."""
+        maps = self.config.maps
+        noisy = f"{maps.smooth_samples} copies with Gaussian noise of sigma {maps.smooth_stdev} (normalised units)"
+        return {"Integrated Gradients": f"{maps.ig_steps} steps from {self.baseline}",
+                "GradientShap": f"{maps.shap_samples} samples between {self.baseline} and the input",
+                "Occlusion": f"one patch at a time (window = stride = patch), replaced by {self.baseline}",
+                **{name: f"{how} of the Saliency gradient over {noisy}"
+                   for name, how in zip(SMOOTHGRAD, ("mean", "mean square", "variance"))},
+                RANDOM: f"patches in a fixed random order (seed {maps.seed})"}
 
 
 _CACHE_SIZE = 16  # scorecards kept (a few images x a few fills)
 _cache: OrderedDict = OrderedDict()
 _lock = threading.Lock()
+
+
+def clear_caches(randomized: bool = True) -> None:
+    """Forget cached scorecards (and, by default, the randomised model copies), e.g. to free memory."""
+    with _lock:
+        _cache.clear()
+    if randomized:
+        clear_cascades()
 
 
 def scorecard(model: nn.Module, x: torch.Tensor, target: int | None, preprocess: Preprocess,
