@@ -91,18 +91,20 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {e}") from None
     images = images[args.start:args.start + args.count]
     config = FaithfulnessConfig(maps=MapSettings(baseline=args.baseline, seed=args.seed), fills=tuple(args.fills))
-    try:
-        cards = [scorecard(bundle.model, bundle.preprocess.normalize(image)[None].to(bundle.device), None,
-                           bundle.preprocess, config) for image in tqdm(images, desc="scorecards", unit="image")]
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    records = [card.summary() for card in cards]
-    run = {"start": args.start, "fills": list(args.fills), "baseline": args.baseline,
-           "stages": cards[0].randomization.stages, "seconds": [card.seconds for card in cards],
-           "settings": cards[0].settings()}
+    records, seconds = [], []
+    for image in tqdm(images, desc="scorecards", unit="image"):
+        try:
+            card = scorecard(bundle.model, bundle.preprocess.normalize(image)[None].to(bundle.device), None,
+                             bundle.preprocess, config)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        records.append(card.summary())
+        seconds.append(card.seconds)
+        run = {"start": args.start, "fills": list(args.fills), "baseline": args.baseline,
+               "stages": card.randomization.stages, "seconds": seconds, "settings": card.settings()}
+        if args.json:  # after every image, so an interrupted run keeps what it did
+            args.json.write_text(json.dumps({"run": run, "methods": aggregate(records), "images": records}))
     print("\n" + report(records, run))
-    if args.json:
-        args.json.write_text(json.dumps({"run": run, "methods": aggregate(records), "images": records}, indent=2))
 
 
 def merge(paths: list[Path]) -> None:
