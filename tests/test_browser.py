@@ -106,6 +106,16 @@ def test_uploads_one_pass_each_then_every_tab(tmp_path):
             expect(stats).not_to_have_attribute("src", before, timeout=30_000)
             page.get_by_role("tab", name="Attributions", exact=True).click()
             expect(page.locator("#attr-img img")).to_have_count(0, timeout=30_000)
+            # Loading a model with an image shown re-runs it quietly: no error, one more pass.
+            passes = service.passes
+            page.get_by_text("Model", exact=True).click()
+            page.get_by_role("button", name="Load model").click()
+            deadline = time.monotonic() + 30
+            while service.passes == passes and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            page.wait_for_timeout(500)
+            assert service.passes == passes + 1
+            assert page.locator(".toast-body").count() == 0, "loading a model showed an error"
             assert hosts <= {"127.0.0.1", "localhost"}, f"the page fetched from elsewhere: {hosts}"
         finally:
             browser.close()
