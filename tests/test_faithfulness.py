@@ -231,3 +231,27 @@ def test_pictures_and_the_export(small, bright, tmp_path):
     assert summary["faithfulness_settings"]["attribution_baseline"].startswith("the input blurred")
     assert sorted(p.name for p in (tmp_path / "out" / "faithfulness").iterdir()) == [
         "curves.png", "randomization.png", "scorecard.png"]
+
+
+@pytest.mark.dataset
+def test_dataset_cli_averages_and_merges_shards(small, tmp_path, capsys):
+    from rvt.data import DatasetError, load_fashion_mnist
+    from rvt.faithfulness.__main__ import main
+    try:
+        load_fashion_mnist("test")
+    except DatasetError:
+        pytest.skip("Fashion-MNIST not installed (CI installs it)")
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, small, [f"c{i}" for i in range(10)], PRE)
+    for start in (0, 1):
+        main(["--checkpoint", str(path), "--start", str(start), "--count", "1",
+              "--json", str(tmp_path / f"{start}.json")])
+    capsys.readouterr()
+    main(["--merge", str(tmp_path / "0.json"), str(tmp_path / "1.json")])
+    printed = capsys.readouterr().out
+    assert printed.startswith("2 test images") and "| Attention rollout (mean)" in printed and "+embedding" in printed
+    shards = [json.loads((tmp_path / f"{s}.json").read_text()) for s in (0, 1)]
+    mean = (shards[0]["images"][0]["Saliency"]["deletion_auc"] + shards[1]["images"][0]["Saliency"]["deletion_auc"]) / 2
+    assert f"| Saliency                   | {mean:.3f}" in printed
+    with pytest.raises(SystemExit):
+        main(["--count", "1"])  # no checkpoint
