@@ -16,6 +16,7 @@ from rvt.faithfulness import (
     RANDOM,
     FaithfulnessConfig,
     MapSettings,
+    clear_caches,
     deletion_insertion,
     infidelity_scores,
     randomization_check,
@@ -191,6 +192,8 @@ def test_scorecard_summary_progress_cancel_and_cache(small, bright):
     assert settings["attribution_baseline"] == "a black image (the dataset's background)"
     assert "disagree" in settings["caveat"] and "0.5" in settings["randomization_rule"]
     json.dumps({"faithfulness": summary, "settings": settings})
+    clear_caches()
+    assert scorecard(small, x, None, PRE, config).summary() == summary  # seeded: the same numbers again
 
     class Stop(Exception):
         pass

@@ -6,10 +6,12 @@ rollouts, the CLS attention and gradient rollout all come from one captured forw
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from einops import reduce
 from torch import nn
@@ -123,9 +125,10 @@ def _explain(model, x, target, preprocess, methods, settings, patch_size, extra,
             maps[name] = torch.cat([attribute(model, row[None], target, name, preprocess=preprocess) for row in x])
         elif name in CAPTUM_METHODS:
             steps = settings.shap_samples if name == "GradientShap" else settings.ig_steps
-            maps[name] = attribute(model, x, target, name, steps, batch_size=settings.batch_size,
-                                   baseline=settings.baseline, preprocess=preprocess, check=check,
-                                   occlusion=(patch_size, patch_size))  # one patch at a time: the model's unit
+            with _seeded(settings.seed):
+                maps[name] = attribute(model, x, target, name, steps, batch_size=settings.batch_size,
+                                       baseline=settings.baseline, preprocess=preprocess, check=check,
+                                       occlusion=(patch_size, patch_size))  # one patch at a time: the model's unit
         elif name == RANDOM:
             h, w = patch_grid(x.shape[-2:], patch_size)
             generator = torch.Generator().manual_seed(settings.seed)
@@ -133,6 +136,20 @@ def _explain(model, x, target, preprocess, methods, settings, patch_size, extra,
         else:
             maps[name] = _as_map(extra[name](model, x, target), x, patch_size, name)
     return maps
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """captum's GradientShap draws from NumPy's and torch's global RNGs: seed both, then restore them,
+    so a scorecard is reproducible and the process's random streams are left as they were."""
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(state)
 
 
 def _as_map(explanation: torch.Tensor, x: torch.Tensor, patch_size: int, name: str) -> torch.Tensor:
