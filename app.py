@@ -17,6 +17,7 @@ from lens.service import LensService, ServerLimits
 from lens.ui import build_app, launch
 from rvt import load_checkpoint, pick_device
 from rvt.assets import BUNDLED_CHECKPOINT
+from rvt.budget import parse_bytes
 from rvt.device import DEVICE_CHOICES
 
 
@@ -34,17 +35,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds of idleness after which a visitor's analysis is freed")
     p.add_argument("--max-side", type=int, default=int(env("RVT_MAX_SIDE", defaults.max_side)),
                    help="largest inference side in px, whatever the model")
-    p.add_argument("--session-mb", type=int, default=int(env("RVT_SESSION_MB", defaults.analysis_bytes >> 20)),
-                   help="memory one visitor's analysis may take; larger resolutions are refused")
-    p.add_argument("--total-mb", type=int, default=int(env("RVT_TOTAL_MB", defaults.total_bytes >> 20)),
-                   help="memory all sessions may take together; the least recently used are freed first")
+    p.add_argument("--memory-budget", type=parse_bytes, default=env("RVT_MEMORY_BUDGET", str(defaults.analysis_bytes)),
+                   help="peak memory one analysis may take (e.g. 1GB); larger resolutions are refused before any "
+                        "allocation, with the largest size that fits")
+    p.add_argument("--total-memory", type=parse_bytes, default=env("RVT_TOTAL_MEMORY", str(defaults.total_bytes)),
+                   help="memory the cached analyses of all sessions may take together (e.g. 1GB); the least "
+                        "recently used are freed first")
     p.add_argument("--job-timeout", type=float, default=float(env("RVT_JOB_TIMEOUT", defaults.job_timeout)),
                    help="seconds an attribution or export may run before it is stopped")
     return p.parse_args(argv)
 
 
 def limits_from(args: argparse.Namespace) -> ServerLimits:
-    return ServerLimits(max_side=args.max_side, analysis_bytes=args.session_mb << 20, total_bytes=args.total_mb << 20,
+    return ServerLimits(max_side=args.max_side, analysis_bytes=args.memory_budget, total_bytes=args.total_memory,
                         session_ttl=args.session_ttl, job_timeout=args.job_timeout)
 
 

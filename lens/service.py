@@ -36,6 +36,7 @@ import torch
 
 from rvt import Bundle, ModelLimits, RvT, RvTConfig, load_checkpoint
 from rvt.analysis import Analysis, analyze, analyze_input, attention_gradients
+from rvt.budget import BudgetError, check_budget, largest_size
 from rvt.preprocess import Preprocess, read_image
 from viz.attributions import BASELINES, METHODS, attribute
 
@@ -43,6 +44,7 @@ log = logging.getLogger("rvt-lens")
 
 
 NO_IMAGE = "Upload an image (or pick an example) first."
+GRADIENT_CLASSES = 2  # classes whose attention gradients a session keeps (each as large as the attention)
 
 
 class UserError(ValueError):
@@ -61,9 +63,9 @@ class Cancelled(UserError):
 class ServerLimits:
     """What one visitor may use. Set by whoever runs the server (flags), never by an upload."""
 
-    max_side: int = 448  # px per side of an inference resolution: 16x the bundled model's 28 px
-    analysis_bytes: int = 512 * 2**20  # one session's cached analysis (attention, q/k) at most
-    total_bytes: int = 4 * 2**30  # all sessions together; the least recently used go first
+    max_side: int = 448  # px per side of an inference resolution, whatever the model: 16x the bundled 28 px
+    analysis_bytes: int = 10**9  # peak memory of one analysis (rvt.budget's estimate): 224 px on the bundled model
+    total_bytes: int = 10**9  # cached analyses of all sessions together; the least recently used go first
     session_ttl: float = 600.0  # seconds of idleness after which a session's analysis is freed
     job_timeout: float = 120.0  # seconds a heavy job (attribution, export) may run
     max_steps: int = 128  # attribution steps / samples
@@ -227,8 +229,9 @@ class LensService:
         with self._lock:
             data = self._sessions.get(sid or "")
             if data is None:
-                raise SessionExpired(f"This session expired after {self.limits.session_ttl:.0f} s idle (or the "
-                                     f"server restarted): upload the image again.")
+                raise SessionExpired(f"This session's analysis was freed (idle for {self.limits.session_ttl:.0f} s, "
+                                     f"or to make room for other visitors, or the server restarted): upload the "
+                                     f"image again.")
             data.last_used = time.monotonic()
             return data
 
@@ -310,27 +313,25 @@ class LensService:
     # ---- sizes ------------------------------------------------------------------------------------
 
     def size_range(self, bundle: Bundle) -> tuple[int, int, int]:
-        """(minimum, maximum, step) of an inference side in px: patch steps up to the server's limit."""
+        """(minimum, maximum, step) of an inference side in px: patch steps up to the server's side limit
+        and the largest square the memory budget allows (a taller or wider size is checked on request)."""
         p = bundle.config.patch_size
-        return p, max(p, self.limits.max_side // p * p), p
+        square = largest_size(bundle.config, self.limits.analysis_bytes)
+        return p, max(p, min(self.limits.max_side // p * p, square[0] if square else p)), p
 
     def check_size(self, bundle: Bundle, size: tuple[int, int]) -> tuple[int, int]:
         height, width = (int(s) for s in size)
-        lo, hi, step = self.size_range(bundle)
+        step = lo = bundle.config.patch_size
+        hi = max(step, self.limits.max_side // step * step)
         for name, side in (("height", height), ("width", width)):
             if not lo <= side <= hi or side % step:
                 raise UserError(f"{name} {side} px is not available: choose a multiple of the patch size "
                                 f"{step} between {lo} and {hi} px.")
-        self._check_memory(bundle, (height, width))
+        try:  # from the config alone: refused before anything is allocated
+            check_budget(bundle.config, (height, width), self.limits.analysis_bytes)
+        except BudgetError as e:
+            raise UserError(f"{e}. Choose a smaller inference resolution.") from None
         return height, width
-
-    def _check_memory(self, bundle: Bundle, size: tuple[int, int]) -> None:
-        c = bundle.config
-        tokens = (size[0] // c.patch_size) * (size[1] // c.patch_size) + 1
-        need = 4 * c.depth * c.heads * (tokens * tokens + 4 * tokens * c.dim_head)  # attention + q/k, fp32
-        if need > self.limits.analysis_bytes:
-            raise UserError(f"{size[0]}x{size[1]} px needs about {need >> 20} MB for its analysis, more than the "
-                            f"{self.limits.analysis_bytes >> 20} MB this server allows one session.")
 
     # ---- model passes -----------------------------------------------------------------------------
 
@@ -380,8 +381,15 @@ class LensService:
         analysis = self.current(sid)
         target = self.check_class(data.bundle, target)
         if target not in data.gradients:
+            try:
+                check_budget(data.bundle.config, data.size, self.limits.analysis_bytes, gradients=True)
+            except BudgetError as e:
+                raise UserError(f"{e}. Choose a smaller inference resolution for gradient rollout.") from None
             with self._borrow(data) as replica:
-                data.gradients[target] = attention_gradients(replica, analysis, target)
+                gradients = attention_gradients(replica, analysis, target)
+            while len(data.gradients) >= GRADIENT_CLASSES:  # keep the most recent few classes
+                data.gradients.pop(next(iter(data.gradients)))
+            data.gradients[target] = gradients
         return data.gradients[target]
 
     def pick_query(self, sid: str, row: int, col: int) -> tuple[int, int]:
