@@ -8,6 +8,7 @@ This file only composes and launches: the service is `lens.service`, the page `l
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: idle OpenMP workers sleep
 
 import argparse
 import atexit
@@ -18,7 +19,7 @@ from lens.ui import build_app, launch
 from rvt import load_checkpoint, pick_device
 from rvt.assets import BUNDLED_CHECKPOINT
 from rvt.budget import parse_bytes
-from rvt.device import DEVICE_CHOICES
+from rvt.device import DEVICE_CHOICES, PRECISIONS, thread_policy
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,8 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env("RVT_PORT", "7860")))
     p.add_argument("--checkpoint", type=Path, default=Path(env("RVT_CHECKPOINT", str(BUNDLED_CHECKPOINT))))
     p.add_argument("--device", default=env("RVT_DEVICE", "auto"), help=f"one of {', '.join(DEVICE_CHOICES)}")
-    p.add_argument("--bf16", action="store_true", default=env("RVT_BF16", "") == "1",
-                   help="bf16 autocast for the model pass on CUDA (ignored elsewhere)")
+    p.add_argument("--precision", choices=PRECISIONS, default=env("RVT_PRECISION", "fp32"),
+                   help="bf16: autocast for the model passes, on the CPU and on CUDA")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per pass (default: env RVT_THREADS, else 1 on a host with 2 cores or fewer, "
+                        "else half the cores up to 8)")
     p.add_argument("--session-ttl", type=float, default=float(env("RVT_SESSION_TTL", defaults.session_ttl)),
                    help="seconds of idleness after which a visitor's analysis is freed")
     p.add_argument("--max-side", type=int, default=int(env("RVT_MAX_SIDE", defaults.max_side)),
@@ -53,7 +57,9 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    service = LensService(load_checkpoint(args.checkpoint, pick_device(args.device)), limits_from(args), bf16=args.bf16)
+    thread_policy(args.threads)  # two passes run at once (lens.ui.LANES): on two cores, one thread each
+    service = LensService(load_checkpoint(args.checkpoint, pick_device(args.device)), limits_from(args),
+                          bf16=args.precision == "bf16")
     atexit.register(service.close)  # exports and cached analyses go with the server
     launch(build_app(service), args.host, args.port)
 
