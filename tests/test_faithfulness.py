@@ -258,3 +258,19 @@ def test_dataset_cli_averages_and_merges_shards(small, tmp_path, capsys):
     assert f"| Saliency                   | {mean:.3f}" in printed
     with pytest.raises(SystemExit):
         main(["--count", "1"])  # no checkpoint
+
+
+def test_the_scorecard_scores_the_maps_the_panels_show(small, bright):
+    from rvt.capture import capture
+    from rvt.faithfulness import explain
+    from viz.attributions import attribute
+    from viz.rollout import attention_rollout, cls_relevance
+    x = bright.clone()
+    x[..., 8:20, 10:18] = -0.5
+    maps = explain(small, x, 2, PRE, ["Attention rollout (max)", "CLS attention (last layer)", "Saliency"])
+    with torch.no_grad(), capture(small) as trace:
+        small(x)
+    rolled = cls_relevance(attention_rollout(trace.attention, "max")).view(7, 7)
+    assert torch.allclose(maps["Attention rollout (max)"][0], rolled, atol=1e-6)
+    assert torch.allclose(maps["CLS attention (last layer)"][0], trace.attention[-1, 0, :, 0, 1:].mean(0).view(7, 7))
+    assert torch.equal(maps["Saliency"], attribute(small, x, 2, "Saliency", preprocess=PRE))
