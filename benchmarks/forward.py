@@ -81,7 +81,7 @@ def main() -> None:
         ours = RvT(**config).to(device).eval()
         ours.load_state_dict(ref.state_dict())
         bf16 = with_precision(ours, "bf16")
-        compiled = torch.compile(bf16) if args.compile else None
+        compiled = with_precision(ours, "bf16", compile=True) if args.compile else None
         for batch in args.batches:
             x = torch.randn(batch, config["channels"], config["image_size"], config["image_size"], device=device)
 

@@ -87,7 +87,7 @@ def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
         check_budget(bundle.config, size, budget)
     model, dtype = bundle.model, attention_dtype(bundle.config, size)
     with torch.inference_mode(), autocast(bundle.device, bf16), \
-            capture(model, qk=True, head_stats=head_stats, dtype=dtype) as trace, \
+            capture(model, qk=True, head_stats=head_stats, dtype=dtype, recompute=True) as trace, \
             intervene(model, heads_off=heads_off, rotary_off=rotary_off):
         logits = model(x.to(bundle.device))
     return Analysis(image=shown, input=x, probs=logits.float().softmax(-1)[0].cpu(), trace=trace.cpu(dtype),

@@ -28,13 +28,13 @@ from .grid import patch_grid
 # exact to about 3 significant digits (0.05% relative). At or below it (the bundled model up to
 # 112 px) everything stays float32 and equal to an unreduced capture.
 ATTENTION_FP32_LIMIT = 128 * 2 ** 20
-# Maps alive inside one layer of the explicit-attention pass besides the stored ones, in units of
-# one layer's (H, N, N) float32 maps: the scaled scores and the probabilities while the capture
-# hook reduces them (the unscaled scores are freed before), plus the float16 copy it keeps.
-FORWARD_MAPS = 2.5
-# The interpreter, torch and the model are already resident; this is what one request adds besides
-# maps (allocator slack, the input at a few stages, small activations), measured.
-OVERHEAD = 24 * 2 ** 20
+# What the pass holds besides the stored maps, in units of one layer's (H, N, N) float32 maps:
+# `analyze` recomputes attention in row blocks (`capture(recompute=True)`), so this is slack
+# measured at 224 px (allocator and kernel buffers), plus the distance table below.
+FORWARD_MAPS = 1.0
+# Besides maps: the interpreter, torch and the model are already resident; preprocessing peaks at
+# 50-85 MB whatever the size (measured at 112-448 px), plus small activations and allocator slack.
+OVERHEAD = 96 * 2 ** 20
 GRADIENT_SLACK = 160 * 2 ** 20
 DEFAULT_BUDGET = "1GB"  # issue 10's target for an upload at 224 px on the bundled model
 UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
@@ -98,7 +98,7 @@ def estimate(config, size: tuple[int, int], *, gradients: bool = False) -> Estim
     return Estimate(
         attention=stored,
         qk=4 * config.depth * inner * n * 4,
-        forward=int(FORWARD_MAPS * layer_maps) + n * n * 4,  # + the head statistics' distance table
+        forward=int(FORWARD_MAPS * layer_maps) + 2 * n * n * 4,  # + the statistics' distance table, built once
         # fused map + one head's scratch + (with discard_ratio) topk values, int64 indices and a mask
         panels=2 * n * n * 4 + n * n * (4 + 8 + 1),
         # every layer's gradient and the result they are copied into, a few maps of softmax and matmul

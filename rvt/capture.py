@@ -31,6 +31,9 @@ from .grid import patch_grid
 from .rotary import apply_rotary
 
 STATISTICS = ("mean_distance_px", "entropy_nats", "cls_share")
+# capture(recompute=True) computes attention in blocks of query rows of about this many float32
+# scores (8 MB): big enough for the GEMM, small enough to stay in cache through softmax and statistics.
+BLOCK_ELEMENTS = 2 ** 21
 
 
 def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
@@ -46,28 +49,43 @@ def token_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
     return torch.nn.functional.pad(patch_distances(grid, patch_size), (1, 0, 1, 0))
 
 
-def head_statistics(probs: torch.Tensor, distances: torch.Tensor,
-                    scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-head statistics of one layer's attention, each (B, H), averaged over query rows.
+def row_statistics(probs: torch.Tensor, distances: torch.Tensor,
+                   scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per query row of one layer's attention, each (B, H, Q): what `head_statistics` averages.
 
-    probs: (B, H, N, N) softmax rows, CLS first; distances: (N, N) from `token_distances`.
-    mean_distance_px: patch queries' attention-weighted distance to patch keys (CLS left out,
-    renormalised; ViT paper, Fig. 7); entropy_nats: entropy of every query row; cls_share: the
-    fraction of patch queries' attention that goes to CLS. With `scores` (the softmax's input z),
-    entropy uses log p = z - logsumexp(z), with logsumexp = max z - log max p: no logarithm per entry.
+    probs: (B, H, Q, N) softmax rows (any Q query rows); distances: the matching (Q, N) rows of
+    `token_distances`; scores: the softmax's input z, same shape as probs, or None.
+    mean_distance_px: the row's attention-weighted distance to patch keys, CLS left out and the
+    rest renormalised (ViT paper, Fig. 7); entropy_nats; cls_share: the row's attention on CLS.
+    With scores, entropy uses log p = z - logsumexp(z), with logsumexp = max z - log max p: no
+    logarithm per entry, and on float32 maps each pass reads them once and allocates none.
     """
-    p = probs.float()  # with scores and float32 maps, each pass reads the maps once and allocates none
-    mass = p.sum(-1)  # (B, H, N)
-    reach = torch.einsum("bhij,ij->bhi", p, distances)[..., 1:]
-    distance = (reach / (mass - p[..., 0])[..., 1:].clamp_min(1e-12)).mean(-1)
+    p = probs.float()
+    mass = p.sum(-1)  # (B, H, Q)
+    reach = torch.einsum("bhij,ij->bhi", p, distances)
+    distance = reach / (mass - p[..., 0]).clamp_min(1e-12)
     if scores is None:
         q = p.clamp_min(1e-12)
         entropy = -torch.einsum("bhij,bhij->bhi", q, q.log())
     else:
         z = scores.float()
-        lse = z.amax(-1) - p.amax(-1).log()  # (B, H, N)
+        lse = z.amax(-1) - p.amax(-1).log()  # (B, H, Q)
         entropy = lse * mass - torch.einsum("bhij,bhij->bhi", p, z)
-    return {"mean_distance_px": distance, "entropy_nats": entropy.mean(-1), "cls_share": p[..., 1:, 0].mean(-1)}
+    return {"mean_distance_px": distance, "entropy_nats": entropy, "cls_share": p[..., 0]}
+
+
+def average_rows(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`row_statistics` of all N rows (CLS first) -> (B, H): patch queries for distance and CLS share, every
+    query for entropy."""
+    return {"mean_distance_px": rows["mean_distance_px"][..., 1:].mean(-1),
+            "entropy_nats": rows["entropy_nats"].mean(-1), "cls_share": rows["cls_share"][..., 1:].mean(-1)}
+
+
+def head_statistics(probs: torch.Tensor, distances: torch.Tensor,
+                    scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-head statistics of one layer's attention probs (B, H, N, N), each (B, H), averaged over
+    query rows (see `row_statistics`); distances: (N, N) from `token_distances`."""
+    return average_rows(row_statistics(probs, distances, scores))
 
 
 @dataclass
@@ -176,7 +194,8 @@ def _as_table(t: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool = False,
-            dtype: torch.dtype | None = None, qk: bool = False, grads: bool = False, head_stats: bool = False):
+            dtype: torch.dtype | None = None, qk: bool = False, grads: bool = False, head_stats: bool = False,
+            recompute: bool = False):
     """Record the next forward passes of `model` into a Trace (the last pass wins).
 
     layers: which layers to keep (default all); cls_only: keep only the CLS query row (a copy of
@@ -184,7 +203,17 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
     torch.float16); qk: keep q and k before and after rotation; grads: keep attention gradients for
     gradient rollout (needs a backward inside or after the capture, on a forward with gradients
     enabled); head_stats: reduce each layer to `head_statistics` (read with `trace.head_stats`).
+
+    recompute: the model keeps its fused attention kernel, and the capture computes the
+    probabilities from the layer's rotated q and k itself, softmax(q k^T * scale), in blocks of
+    query rows written straight into the stored (dtype) maps; the statistics are taken from each
+    block while it is in cache. No float32 (H, N, N) map is ever materialised: at 224 px on the
+    bundled model this halves the pass and its peak memory. Equal to the softmax the explicit path
+    computes up to float rounding (tested); inference only (not with grads).
     """
+    if recompute and grads:
+        raise ValueError("capture(recompute=True) computes attention outside the model's graph: "
+                         "attention gradients need recompute=False")
     blocks = attention_blocks(model)
     chosen = list(range(len(blocks))) if layers is None else sorted(set(int(i) for i in layers))
     bad = [i for i in chosen if not 0 <= i < len(blocks)]
@@ -227,6 +256,25 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
             shape = probs.shape
             output.register_hook(lambda g: trace._attention_grad.__setitem__(index, g.detach().reshape(shape)))
 
+    def from_qk(index, q, k, scale):
+        """Softmax rows of (q * scale) k^T, BLOCK_ELEMENTS at a time, into the stored maps (and statistics)."""
+        b, h, n, _ = q.shape
+        stored = torch.empty(b, h, 1 if cls_only else n, n, dtype=dtype or torch.float32, device=q.device)
+        q, keys_t = q.float() * scale, k.float().transpose(-1, -2)
+        rows, block = (n if head_stats or not cls_only else 1), max(1, BLOCK_ELEMENTS // (b * h * n))
+        parts = []
+        for first in range(0, rows, block):
+            scores = q[:, :, first:first + block] @ keys_t  # (B, H, rows, N) float32
+            probs = scores.softmax(-1)
+            if head_stats:
+                parts.append(row_statistics(probs, distances[trace.grid][first:first + block], scores))
+            if first < stored.shape[2]:
+                stored[:, :, first:first + block] = probs[:, :, :stored.shape[2] - first]
+        trace._attention[index] = stored
+        if head_stats:
+            trace._head_stats[index] = average_rows({name: torch.cat([p[name] for p in parts], dim=-1)
+                                                    for name in STATISTICS})
+
     def layer_input(index, _module, _args, kwargs):
         trace._qk.setdefault(index, {})["pos_emb"] = kwargs.get("pos_emb")
 
@@ -243,7 +291,13 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
             k = torch.cat((k[:, :, :1], apply_rotary(k[:, :, 1:], sin, cos)), dim=2)
         else:
             record.pop("pos_emb")
-        record.update(q=keep(record["q"]), k=keep(record["k"]), q_rot=keep(q), k_rot=keep(k))
+        if recompute:
+            with torch.no_grad():
+                from_qk(index, q.detach(), k.detach(), block.scale)
+        if qk:
+            record.update(q=keep(record["q"]), k=keep(record["k"]), q_rot=keep(q), k_rot=keep(k))
+        else:
+            del trace._qk[index]
 
     handles, fused_before = [], {}
     try:
@@ -252,11 +306,12 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
         handles.append(model.transformer.pos_emb.register_forward_hook(rotary))
         for i in chosen:
             block = blocks[i]
-            if hasattr(block, "fused"):
-                fused_before[block] = block.fused
-                block.fused = False
-            handles.append(block.attend.register_forward_hook(partial(attention, i, block)))
-            if qk:
+            if not recompute:
+                if hasattr(block, "fused"):
+                    fused_before[block] = block.fused
+                    block.fused = False
+                handles.append(block.attend.register_forward_hook(partial(attention, i, block)))
+            if qk or recompute:
                 handles.append(block.register_forward_pre_hook(partial(layer_input, i), with_kwargs=True))
                 handles.append(block.to_q.register_forward_hook(partial(queries, i, block)))
                 handles.append(block.to_kv.register_forward_hook(partial(keys, i, block)))

@@ -17,6 +17,7 @@ from rvt import Preprocess, RvT, capture, load_checkpoint, save_checkpoint
 from rvt.analysis import analyze, attention_gradients
 from rvt.budget import (
     ATTENTION_FP32_LIMIT,
+    OVERHEAD,
     BudgetError,
     attention_dtype,
     check_budget,
@@ -216,16 +217,16 @@ def test_a_request_over_budget_is_refused_before_any_allocation(bundle, photo, m
     monkeypatch.setattr(rvt.analysis, "prepare", lambda *a, **k: calls.append("prepare"))
     handle = bundle.model.register_forward_pre_hook(lambda *a: calls.append("forward"))
     try:
-        with pytest.raises(BudgetError, match=r"100000x100000 px needs about .* over the 100 MB memory budget: "
+        with pytest.raises(BudgetError, match=r"100000x100000 px needs about .* over the 200 MB memory budget: "
                                               r"the largest 100000:100000 size that fits is (\d+)x\1"):
-            analyze(bundle, photo, (100000, 100000), budget=parse_bytes("100MB"))
+            analyze(bundle, photo, (100000, 100000), budget=parse_bytes("200MB"))
     finally:
         handle.remove()
     assert calls == []
-    fit = largest_size(bundle.config, parse_bytes("100MB"))
-    assert check_budget(bundle.config, fit, parse_bytes("100MB")) <= parse_bytes("100MB")
+    fit = largest_size(bundle.config, parse_bytes("200MB"))
+    assert check_budget(bundle.config, fit, parse_bytes("200MB")) <= parse_bytes("200MB")
     with pytest.raises(ValueError, match="multiple of the patch size"):
-        check_budget(bundle.config, (30, 30), parse_bytes("100MB"))
+        check_budget(bundle.config, (30, 30), parse_bytes("200MB"))
 
 
 MEASURE = """
@@ -259,14 +260,17 @@ print(json.dumps({'peak': peak, 'estimate': estimate_bytes(bundle.config, size),
                     reason="needs the bundled checkpoint and Linux peak-RSS reset")
 def test_estimate_covers_the_measured_peak_within_tolerance():
     """Stated tolerance: the estimate never undershoots the measured peak RSS growth of an upload
-    (analysis + default panels + statistics), and overshoots it by at most 50%; the same for the
-    upload followed by gradient rollout (`gradients=True`)."""
+    (analysis + default panels + statistics), and overshoots it by at most 50% plus its fixed
+    100 MB allowance for preprocessing and allocator slack; the same for the upload followed by
+    gradient rollout (`gradients=True`)."""
     out = subprocess.run([sys.executable, "-c", MEASURE, str(BUNDLED), "112"], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["peak"] <= result["estimate"] <= 1.5 * result["peak"], result
-    assert result["gradients_peak"] <= result["gradients_estimate"] <= 1.5 * result["gradients_peak"], result
+    allowance = OVERHEAD
+    assert result["peak"] <= result["estimate"] <= 1.5 * result["peak"] + allowance, result
+    assert result["gradients_peak"] <= result["gradients_estimate"] <= 1.5 * result["gradients_peak"] + allowance, \
+        result
 
 
 # --- precision, rotary, threads ---------------------------------------------------------------------------
@@ -330,3 +334,37 @@ def test_pillow_figures_are_readable_sizes_and_match_the_export_figure(bundle, p
     assert chart.width == 500 and chart.height > 5 * 25
     fig = stats_figure(stats, analysis.grid, analysis.patch_size)
     assert len(fig.axes) == 5  # three panels and two colour bars, for export
+
+
+@pytest.mark.parametrize("which", [0, 1])  # vit-pytorch's RvT, ours
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_recomputed_attention_equals_the_models_softmax(twin, which, cls_only):
+    model = twin(depth=2, heads=3)[which]
+    x = torch.randn(2, 1, 28, 20 if which else 28)  # vit-pytorch's rotary takes square inputs only
+    with torch.no_grad(), capture(model, head_stats=True) as explicit:
+        expected = model(x)
+    with torch.no_grad(), capture(model, head_stats=True, recompute=True, cls_only=cls_only) as fast:
+        logits = model(x)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    rows = 1 if cls_only else explicit.attention.shape[-1]
+    assert torch.allclose(fast.attention, explicit.attention[..., :rows, :], atol=1e-6, rtol=0)
+    for name, values in explicit.head_stats.items():
+        assert torch.allclose(fast.head_stats[name], values, atol=1e-6, rtol=1e-6), name
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="recompute"):
+        with capture(model, recompute=True, grads=True):
+            pass
+
+
+def test_recomputed_attention_in_blocks_of_rows(twin, monkeypatch):
+    monkeypatch.setattr(sys.modules["rvt.capture"], "BLOCK_ELEMENTS", 2 * 3 * 50 * 7)  # 7 rows a block: 8 blocks
+    _, model = twin(depth=2, heads=3)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad(), capture(model, head_stats=True) as explicit:
+        model(x)
+    with torch.no_grad(), capture(model, head_stats=True, recompute=True, dtype=torch.float16) as fast:
+        model(x)
+    assert fast.layer_attention(0).dtype == torch.float16
+    assert torch.allclose(fast.attention.float(), explicit.attention, atol=1e-3, rtol=0)
+    for name, values in explicit.head_stats.items():
+        assert torch.allclose(fast.head_stats[name], values, atol=1e-6, rtol=1e-6), name
