@@ -112,8 +112,8 @@ scale, not rotary."""
 
 
 def lab_model_note(schedule: str, grid: tuple[int, int], row: int, col: int, bands: int) -> str:
-    return (f"The model's schedule ({schedule}) at the analysed {grid[0]}x{grid[1]} grid: {row} of {bands} row "
-            f"bands and {col} of {bands} column bands alias.")
+    return (f"Schedule: {schedule}. At the analysed {grid[0]}x{grid[1]} grid {row} of {bands} row bands and "
+            f"{col} of {bands} column bands alias.")
 
 
 def sweep_note(sweep: dict, too_large: list[float]) -> str:
