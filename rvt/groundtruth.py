@@ -47,13 +47,14 @@ def key_mask(masks: dict[str, np.ndarray], keys: tuple[str, ...] = KEYS) -> np.n
 
 def to_pixels(relevance, size: tuple[int, int]) -> np.ndarray:
     """A relevance map (h, w) -> (H, W) float64: each patch's value on each of its pixels."""
+    from viz.render import upsample
+
     values = np.asarray(relevance, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D relevance map, got shape {values.shape}")
-    h, w = values.shape
-    if size[0] % h or size[1] % w:
-        raise ValueError(f"a {h}x{w} map does not tile a {size[0]}x{size[1]} image evenly")
-    return values.repeat(size[0] // h, 0).repeat(size[1] // w, 1)
+    if size[0] % values.shape[0] or size[1] % values.shape[1]:
+        raise ValueError(f"a {values.shape[0]}x{values.shape[1]} map does not tile a {size[0]}x{size[1]} image evenly")
+    return upsample(values, size)
 
 
 def _checked(relevance, mask) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +239,28 @@ def silencing(bundle: Bundle, scenes: list[Scene], mass: np.ndarray, k: int, con
             f"random {k} off (mean of {controls})": float(np.mean(random_acc))}
 
 
+def overview(bundles: dict[str, Bundle], scenes: list[Scene], method: str = "gradient rollout"):
+    """A PIL image: per scene (rows) the scene, its key-object mask, and each model's `method` map
+    with its mass / rank accuracy and prediction."""
+    from viz.mosaic import tile_grid
+    from viz.render import enlarge, overlay
+
+    tiles, labels = [], []
+    for scene in scenes:
+        mask = key_mask(scene.masks)
+        tiles += [enlarge(scene.image, 112), enlarge(np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8), 112)]
+        labels += [scene.label.split()[1], "key objects"]
+        for bundle in bundles.values():
+            relevance = relevance_maps(bundle, [scene], method)[0]
+            with torch.no_grad():
+                predicted = bundle.labels[int(bundle.model(_inputs(bundle, [scene])).argmax())]
+            score = score_scene(relevance, scene)
+            tiles.append(enlarge(overlay(scene.image, relevance), 112))
+            labels.append(f"{predicted.split()[1]} {score['mass']:.2f} / {score['rank']:.2f}")
+    return tile_grid(tiles, 2 + len(bundles), labels=labels, col_labels=["red ... blue", "truth", *bundles],
+                     title=f"{method}: prediction, mass / rank accuracy on the key objects")
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
@@ -268,6 +291,7 @@ def main(argv=None) -> None:
     p.add_argument("--scales", type=float, nargs="*", default=[0.5, 0.75, 1.0, 1.5, 2.0],
                    help="resolutions for the accuracy table, as multiples of the training size")
     p.add_argument("--accuracy-count", type=int, default=1000, help="scenes per resolution in the accuracy table")
+    p.add_argument("--figure", type=Path, help="also save an overview image of a few scenes and maps here")
     p.add_argument("--heads", type=int, default=0, metavar="K", help="also per-head mass and silencing the top K heads")
     args = p.parse_args(argv)
     try:
@@ -294,6 +318,11 @@ def main(argv=None) -> None:
         rows.append([method, *(f"{results[n][method]['mass']:.3f}" for n in bundles),
                      *(f"{results[n][method]['rank']:.3f}" for n in bundles)])
     print(f"\nRelevance mass / rank accuracy on the key objects, {args.count} scenes, predicted class\n{_table(rows)}")
+
+    if args.figure:
+        method = args.methods[0] if len(args.methods) == 1 else "gradient rollout"
+        overview(bundles, scenes[:6], method).save(args.figure)
+        print(f"wrote {args.figure}")
 
     held_out = make_scenes(args.accuracy_count, args.seed, base) if args.heads else []
     for name, bundle in bundles.items() if args.heads else ():
