@@ -81,9 +81,12 @@ max_freq to the training image size. *RoPE axial* (as in RoPE-ViT) uses integer 
 i by base^(-4i / dim_head) rad per patch. In both, dim_head / 4 bands follow the row and as many the column.
 *RoPE-Mixed* turns every pair along its own direction in the (row, column) plane: half along a random (seeded)
 direction, half along the perpendicular one, as RoPE-ViT initialises it. *This model's own* reads the scales
-stored in the loaded model. The figures: each band's angle over the grid (the colour wheel wraps at 2π), the
+stored in the loaded model.
+
+The figures: each band's angle over the grid (the colour wheel wraps at 2π), the
 step per patch before and after wrapping against π, and the relative-position kernel for q = k spread evenly
 over the pairs (the mean of cos(angle difference)) with its cuts along the row, the column and the diagonal.
+
 **Resolution**: with a training grid, a larger grid shrinks RvT's step per patch (its positions stay in
 [-1, 1], so it interpolates), while RoPE's integer positions keep the step and reach angles never seen in
 training (it extrapolates). Position interpolation, NTK-aware and YaRN scaling apply to the RoPE schedules
