@@ -1,12 +1,12 @@
 """Shared benchmark helpers: process settings, interleaved timing on the thread-CPU clock, peak memory.
 
 Import this module before torch (`import common` first): `PROCESS_ENV` only takes effect if set
-before torch loads OpenMP and its allocator.
+before torch loads OpenMP.
 
 - OMP_WAIT_POLICY=PASSIVE: idle OpenMP workers sleep instead of spinning against other processes.
-- THP_MEM_ALLOC_ENABLE=1: torch backs large CPU tensors with transparent huge pages; every fresh
-  (H, N, N) map of an analysis otherwise costs tens of thousands of page faults (a third of the
-  explicit-attention pass at 224 px on this machine).
+- Not THP_MEM_ALLOC_ENABLE=1 (transparent huge pages for large torch tensors): it made a fresh
+  (H, N, N) float16 copy 4x cheaper in isolation, but a whole 224 px upload 1.3-1.5x slower and
+  its peak RSS 90-170 MB higher on this host (compaction stalls, partly used huge pages).
 
 Timing is thread-CPU time (`time.thread_time`): on a shared host it does not count the time other
 processes hold the core. It undercounts work on other threads, so the benchmarks run torch with one
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "THP_MEM_ALLOC_ENABLE": "1"}
+PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 for _key, _value in PROCESS_ENV.items():
     os.environ.setdefault(_key, _value)
 
