@@ -212,7 +212,7 @@ def head_object_mass(bundle: Bundle, scenes: list[Scene], batch: int = 100) -> d
         on_keys = torch.einsum("lbhqn,bn->lbhq", attention, cover)
         cls_sum = cls_sum + on_keys[..., 0].sum(1)
         patch_sum = patch_sum + on_keys[..., 1:].mean(-1).sum(1)
-        uniform += float(cover.mean(1).sum())
+        uniform += float(cover.sum(1).sum()) / attention.shape[-2]  # uniform over all N tokens, CLS included
     n = len(scenes)
     return {"cls": (cls_sum / n).numpy(), "patches": (patch_sum / n).numpy(), "uniform": np.array(uniform / n)}
 

@@ -161,3 +161,23 @@ def test_scene_checkpoint_loads_and_preprocesses_like_training(path):
     assert all(0 <= score_scene(m, s)["mass"] <= 1 for m, s in zip(maps, scenes))
     mass = head_object_mass(bundle, scenes[:20])
     assert mass["cls"].shape == (bundle.config.depth, bundle.config.heads)
+
+
+def test_head_mass_of_uniform_attention_is_the_key_area_share():
+    from rvt import RvT
+    from rvt.checkpoint import Bundle
+    from rvt.groundtruth import top_heads
+
+    torch.manual_seed(0)
+    model = RvT(image_size=32, patch_size=4, num_classes=4, dim=16, depth=2, heads=2, mlp_dim=16, channels=3,
+                dim_head=8).eval().requires_grad_(False)
+    for layer in model.transformer.layers:
+        keys, _values = layer[0].to_kv.weight.chunk(2, dim=0)
+        keys.zero_()  # k = 0: every score is 0, attention is uniform over all N tokens
+    bundle = Bundle(model, LABELS, model.config, scene_preprocess((32, 32)), torch.device("cpu"))
+    scenes = make_scenes(6, 0)
+    mass = head_object_mass(bundle, scenes, batch=4)
+    share = np.mean([patch_coverage(key_mask(s.masks), 4).sum() / 65 for s in scenes])  # 64 patches + CLS
+    assert float(mass["uniform"]) == pytest.approx(share)
+    assert mass["cls"] == pytest.approx(np.full((2, 2), share)) and mass["patches"] == pytest.approx(mass["cls"])
+    assert top_heads(np.array([[0.1, 0.5], [0.3, 0.2]]), 2) == {0: [1], 1: [0]}
