@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
 from PIL import Image
 
+from conftest import small_config
 from rvt import RvT, capture, intervene
 from rvt.analysis import analyze
 from rvt.budget import estimate_bytes
@@ -360,3 +360,9 @@ def test_every_lesson_step_drives_the_lab():
         result = lab_bands(settings.pop("schedule"), settings.pop("rows"), settings.pop("cols"),
                            settings.pop("dim_head"), settings.pop("max_freq_or_base"), **settings)
         assert result["bands"] and step["look"]
+
+
+@pytest.mark.parametrize("grid", [(1, 16), (2, 64), (3, 64), (64, 1)])
+def test_the_kernel_figure_draws_flat_and_tall_grids(grid):
+    image = kernel_figure(lab_view(build_schedule("rvt", 24, 28), grid))
+    assert image.size[0] == 700 and image.size[1] >= 200

@@ -242,7 +242,8 @@ def kernel_figure(view: LabView, head: dict | None = None) -> Image.Image:
     ph, pw = (size, max(8, round(size * (2 * w - 1) / (2 * h - 1)))) if h >= w else \
         (max(8, round(size * (2 * h - 1) / (2 * w - 1))), size)
     below = head is not None  # one map: the cuts go beside it; three: below them
-    sheet = _Sheet(62 + ph + 40 + (210 if below else 0))
+    chart_h = max(ph, 120)  # the cuts' chart beside a flat map (a 1x16 grid) still needs room
+    sheet = _Sheet(62 + (ph + 40 + 210 if below else max(ph + 100, chart_h + 40)))
     sheet.text((10, 6), f"Relative-position kernel, {view.schedule.name}, grid {h}x{w}"
                + (f": {head['title']}" if head else ""), 13)
     step = (WIDTH - 20) // len(panels)
@@ -260,7 +261,7 @@ def kernel_figure(view: LabView, head: dict | None = None) -> Image.Image:
     cuts = kernel_cuts(view.kernel)
     head_cuts = kernel_cuts(head["mean_qk"]) if head else None
     span = max(h, w) - 1 or 1
-    box = (50, 62 + ph + 74, WIDTH - 80, 130) if below else (330, 90, WIDTH - 350, ph - 28)
+    box = (50, 62 + ph + 74, WIDTH - 80, 130) if below else (330, 90, WIDTH - 350, chart_h - 28)
     chart = _Chart(sheet, box, (-span - 0.5, span + 0.5), (-1.05, 1.05), xticks=_ticks(-span, span, 8),
                    yticks=[(-1, "-1"), (0, "0"), (1, "1")], xlabel="offset (patches)")
     chart.hline(0.0, LIGHT)
