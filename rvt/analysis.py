@@ -76,11 +76,12 @@ def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
                   bf16: bool = False, budget: int | None = None, head_stats: bool = True) -> Analysis:
     """One captured forward pass of a prepared input x (1, C, H, W), optionally with interventions.
 
-    head_stats: record head statistics during the pass, from the fp32 maps and scores at hand
-    (at 224 px about 15% of the pass; the Stats tab then only draws; without, it computes them
-    from the stored maps when opened, several times slower at large sizes). Keeps attention as
-    float16 when float32 would exceed `rvt.budget.ATTENTION_FP32_LIMIT` (`attention_dtype`).
-    bf16: autocast the pass to bfloat16 (CPU and CUDA).
+    The model runs its fused kernel; attention is recomputed from each layer's rotated q and k in
+    row blocks (`capture(recompute=True)`), kept as float16 when float32 would exceed
+    `rvt.budget.ATTENTION_FP32_LIMIT` (`attention_dtype`). head_stats: reduce head statistics from
+    those blocks while they are in cache (the Stats tab then only draws; without, it computes them
+    from the stored maps when opened, several times slower at large sizes). bf16: autocast the
+    pass to bfloat16 (CPU and CUDA). budget: as in `analyze`.
     """
     size = tuple(x.shape[-2:])
     if budget is not None:
