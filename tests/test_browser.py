@@ -115,7 +115,8 @@ def test_uploads_one_pass_each_then_every_tab(tmp_path):
                 page.wait_for_timeout(50)
             page.wait_for_timeout(500)
             assert service.passes == passes + 1
-            assert page.locator(".toast-body").count() == 0, "loading a model showed an error"
+            toasts = page.locator(".toast-body")
+            assert toasts.count() == 0, f"loading a model showed: {toasts.all_inner_texts()}"
             assert hosts <= {"127.0.0.1", "localhost"}, f"the page fetched from elsewhere: {hosts}"
         finally:
             browser.close()

@@ -98,11 +98,12 @@ class AttentionPart(Part):
             service.reset_query(values[ctx.session])
             return redraw(values)
 
-        # Renders only: no model pass. always_last drops slider steps a visitor has already moved past.
-        self.layer.change(guarded(self.handler(redraw)), inputs, self.outputs, api_name="layer",
+        # Renders only: no model pass. `input` fires for a visitor's changes, not for the ranges a model load
+        # sets (which would render before the new analysis exists); always_last drops steps already passed.
+        self.layer.input(guarded(self.handler(redraw)), inputs, self.outputs, api_name="layer",
                           trigger_mode="always_last")
-        self.shared_scale.change(guarded(self.handler(redraw)), inputs, self.outputs, api_name="shared_scale")
-        self.head.change(guarded(self.handler(redraw_head)), inputs, [self.head_img], api_name="head",
+        self.shared_scale.input(guarded(self.handler(redraw)), inputs, self.outputs, api_name="shared_scale")
+        self.head.input(guarded(self.handler(redraw_head)), inputs, [self.head_img], api_name="head",
                          trigger_mode="always_last")
         self.head_img.select(pick, inputs, self.outputs, api_name="pick_query")
         self.reset.click(guarded(self.handler(reset)), inputs, self.outputs, api_name="reset_query")

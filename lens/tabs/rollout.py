@@ -52,6 +52,6 @@ class RolloutPart(Part):
         ctx = self.ctx
         redraw = guarded(self.handler(lambda values: self.draw(values[ctx.session], values)))
         inputs = [ctx.session, *self.inputs]
-        self.fusion.change(redraw, inputs, self.outputs, api_name="rollout_fusion")
-        self.target.change(redraw, inputs, self.outputs, api_name="rollout_class")
+        self.fusion.input(redraw, inputs, self.outputs, api_name="rollout_fusion")
+        self.target.input(redraw, inputs, self.outputs, api_name="rollout_class")
         self.discard.release(redraw, inputs, self.outputs, api_name="rollout_discard")
