@@ -181,3 +181,14 @@ def test_head_mass_of_uniform_attention_is_the_key_area_share():
     assert float(mass["uniform"]) == pytest.approx(share)
     assert mass["cls"] == pytest.approx(np.full((2, 2), share)) and mass["patches"] == pytest.approx(mass["cls"])
     assert top_heads(np.array([[0.1, 0.5], [0.3, 0.2]]), 2) == {0: [1], 1: [0]}
+
+
+def test_groundtruth_cli_prints_both_tables(capsys, tmp_path):
+    from rvt.groundtruth import main as groundtruth_main
+    if not CHECKPOINTS:
+        pytest.skip("no scene checkpoints in assets/")
+    groundtruth_main(["--checkpoint", str(CHECKPOINTS[0]), "--count", "4", "--accuracy-count", "8", "--scales", "1",
+                      "--methods", "rollout mean", "--heads", "1", "--figure", str(tmp_path / "o.png")])
+    out = capsys.readouterr().out
+    assert "| zoom 1x (32x32)" in out and "| rollout mean" in out and "| uniform map" in out
+    assert "top 1 off" in out and Image.open(tmp_path / "o.png").width > 300
