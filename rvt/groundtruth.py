@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 from .capture import capture
 from .checkpoint import Bundle, CheckpointError, load_checkpoint
-from .grid import patch_grid, tokens_to_grid
+from .faithfulness.methods import ALL_METHODS, ATTENTION_METHODS, MAGNITUDE, RANDOM, MapSettings, explain
+from .grid import patch_grid
 from .intervene import intervene
 from .scenes import BASE, Scene, make_scenes, scene_tensors
 
 KEYS = ("red", "blue")
-ATTENTION_METHODS = ("rollout mean", "rollout max", "rollout min", "gradient rollout", "last-layer CLS attention")
-ATTRIBUTION_METHODS = ("Integrated Gradients", "Saliency")
-METHODS = ATTENTION_METHODS + ATTRIBUTION_METHODS
+METHODS = ALL_METHODS  # the faithfulness scorecard's list, by the same names
+PATCH_METHODS = frozenset({*ATTENTION_METHODS, RANDOM})
 TEST_SEED = 2  # the trainer uses SCENE_SEED 0 (training) and 1 (validation): 2 is a fresh set
 
 
@@ -92,60 +92,33 @@ def _inputs(bundle: Bundle, scenes: list[Scene]) -> torch.Tensor:
     return bundle.preprocess.normalize(images.float() / 255.0)
 
 
-def _patch_maps(values: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
-    """(B, N-1) per-patch relevance -> (B, h, w) numpy."""
-    return tokens_to_grid(values.detach().float().cpu(), grid).numpy()
+def pixel_relevance(explanation: torch.Tensor, method: str) -> np.ndarray:
+    """One map of `explain` ((h, w) per patch, or (C, H, W) per pixel) -> a 2-D map to score: pixel
+    maps are summed over channels, by magnitude for gradient methods (the scorecard's MAGNITUDE)."""
+    values = explanation.detach().float().cpu()
+    if values.dim() == 3 and method not in PATCH_METHODS:
+        values = (values.abs() if method in MAGNITUDE else values).sum(0)
+    return values.numpy()
 
 
-def attention_maps(bundle: Bundle, x: torch.Tensor, method: str, targets: torch.Tensor) -> np.ndarray:
-    """(B, h, w) patch relevance of an attention-based method for inputs x (B, C, H, W)."""
-    from viz.rollout import attention_rollout, gradient_rollout  # viz is pure torch here: no cycle at import
-
-    if method not in ATTENTION_METHODS:
-        raise ValueError(f"unknown attention method {method!r}: choose one of {ATTENTION_METHODS}")
-    model, grid = bundle.model, patch_grid(x.shape[-2:], bundle.config.patch_size)
-    if method == "gradient rollout":
-        x = x.detach().to(bundle.device).requires_grad_(True)
-        with capture(model, grads=True) as trace:
-            logits = model(x)
-            logits.gather(1, targets.to(bundle.device)[:, None]).sum().backward()  # per-sample: no batch mixing
-        rollout = gradient_rollout(trace.attention.cpu(), trace.attention_grad.cpu())
-        return _patch_maps(rollout[:, 0, 1:], grid)
-    with torch.no_grad(), capture(model) as trace:
-        model(x.to(bundle.device))
-    attention = trace.attention.float().cpu()  # (L, B, H, N, N)
-    if method == "last-layer CLS attention":
-        return _patch_maps(attention[-1, :, :, 0, 1:].mean(1), grid)
-    rollout = attention_rollout(attention, head_fusion=method.split()[-1])
-    return _patch_maps(rollout[:, 0, 1:], grid)
-
-
-def attribution_map(bundle: Bundle, x: torch.Tensor, method: str, target: int) -> np.ndarray:
-    """(H, W) pixel relevance of a captum method for one input x (1, C, H, W): Integrated Gradients
-    summed over channels, from a black baseline; Saliency as the channel maximum of |gradient|
-    (Simonyan et al.)."""
-    from viz.attributions import attribute
-
-    if method not in ATTRIBUTION_METHODS:
-        raise ValueError(f"unknown attribution method {method!r}: choose one of {ATTRIBUTION_METHODS}")
-    result = attribute(bundle.model, x.to(bundle.device), target, method,
-                       preprocess=bundle.preprocess)[0].float().cpu()  # (C, H, W)
-    return (result.abs().amax(0) if method == "Saliency" else result.sum(0)).numpy()
-
-
-def relevance_maps(bundle: Bundle, scenes: list[Scene], method: str,
-                   targets: torch.Tensor | None = None) -> list[np.ndarray]:
-    """One relevance map per scene (patch grid for attention methods, pixels for attributions);
-    `targets` default to the model's predictions."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose one of {METHODS}")
-    x = _inputs(bundle, scenes)
+def relevance_maps(bundle: Bundle, scenes: list[Scene], methods: tuple[str, ...] = METHODS,
+                   targets: torch.Tensor | None = None, settings: MapSettings = MapSettings(),
+                   check: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Per scene, {method: 2-D relevance map} from the faithfulness scorecard's `explain` (patch grid
+    for attention methods and the random floor, pixels for captum's); `targets` default to the
+    model's predictions."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
+    x = _inputs(bundle, scenes).to(bundle.device)
     if targets is None:
         with torch.no_grad():
-            targets = bundle.model(x.to(bundle.device)).argmax(-1).cpu()
-    if method in ATTENTION_METHODS:
-        return list(attention_maps(bundle, x, method, targets))
-    return [attribution_map(bundle, x[i:i + 1], method, int(targets[i])) for i in range(len(scenes))]
+            targets = bundle.model(x).argmax(-1).cpu()
+    out = []
+    for i in range(len(scenes)):
+        maps = explain(bundle.model, x[i:i + 1], int(targets[i]), bundle.preprocess, methods, settings, check=check)
+        out.append({m: pixel_relevance(maps[m][0], m) for m in methods})
+    return out
 
 
 def score_scene(relevance, scene: Scene) -> dict[str, float]:
@@ -154,25 +127,21 @@ def score_scene(relevance, scene: Scene) -> dict[str, float]:
     return {"mass": mass_accuracy(relevance, mask), "rank": rank_accuracy(relevance, mask)}
 
 
-def score_methods(bundle: Bundle, scenes: list[Scene], methods: tuple[str, ...] = METHODS, batch: int = 50,
+def score_methods(bundle: Bundle, scenes: list[Scene], methods: tuple[str, ...] = METHODS,
                   progress: Callable[[float], None] | None = None,
                   check: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
     """Mean mass and rank accuracy per method over `scenes`, plus the key objects' area share
-    (what a uniform map would score on both)."""
+    (what a uniform map would score on both). One scene works too: the app's per-scene scores."""
     sums = {m: {"mass": 0.0, "rank": 0.0} for m in methods}
-    steps = [(m, i) for m in methods for i in range(0, len(scenes), batch)]
-    for done, (method, i) in enumerate(steps):
-        if check:
-            check()
-        chunk = scenes[i:i + batch]
-        for relevance, scene in zip(relevance_maps(bundle, chunk, method), chunk):
+    for done, scene in enumerate(scenes):
+        for method, relevance in relevance_maps(bundle, [scene], methods, check=check)[0].items():
             for name, value in score_scene(relevance, scene).items():
                 sums[method][name] += value
         if progress:
-            progress((done + 1) / len(steps))
+            progress((done + 1) / len(scenes))
     result = {m: {k: v / len(scenes) for k, v in s.items()} for m, s in sums.items()}
-    result["uniform map"] = {"mass": float(np.mean([key_mask(s.masks).mean() for s in scenes]))}
-    result["uniform map"]["rank"] = result["uniform map"]["mass"]
+    share = float(np.mean([key_mask(s.masks).mean() for s in scenes]))
+    result["uniform map"] = {"mass": share, "rank": share}
     return result
 
 
@@ -239,7 +208,7 @@ def silencing(bundle: Bundle, scenes: list[Scene], mass: np.ndarray, k: int, con
             f"random {k} off (mean of {controls})": float(np.mean(random_acc))}
 
 
-def overview(bundles: dict[str, Bundle], scenes: list[Scene], method: str = "gradient rollout"):
+def overview(bundles: dict[str, Bundle], scenes: list[Scene], method: str = "Gradient rollout"):
     """A PIL image: per scene (rows) the scene, its key-object mask, and each model's `method` map
     with its mass / rank accuracy and prediction."""
     from viz.mosaic import tile_grid
@@ -251,7 +220,7 @@ def overview(bundles: dict[str, Bundle], scenes: list[Scene], method: str = "gra
         tiles += [enlarge(scene.image, 112), enlarge(np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8), 112)]
         labels += [scene.label.split()[1], "key objects"]
         for bundle in bundles.values():
-            relevance = relevance_maps(bundle, [scene], method)[0]
+            relevance = relevance_maps(bundle, [scene], (method,))[0][method]
             with torch.no_grad():
                 predicted = bundle.labels[int(bundle.model(_inputs(bundle, [scene])).argmax())]
             score = score_scene(relevance, scene)
@@ -320,7 +289,7 @@ def main(argv=None) -> None:
     print(f"\nRelevance mass / rank accuracy on the key objects, {args.count} scenes, predicted class\n{_table(rows)}")
 
     if args.figure:
-        method = args.methods[0] if len(args.methods) == 1 else "gradient rollout"
+        method = args.methods[0] if len(args.methods) == 1 else "Gradient rollout"
         overview(bundles, scenes[:6], method).save(args.figure)
         print(f"wrote {args.figure}")
 

@@ -146,7 +146,7 @@ def test_scene_checkpoint_loads_and_preprocesses_like_training(path):
     assert bundle.labels == LABELS and bundle.config.channels == 3
     assert path.stat().st_size < 10_000_000
     size = bundle.preprocess.image_size
-    scenes = make_scenes(100, 2, size)
+    scenes = make_scenes(60, 2, size)
     images, labels = scene_tensors(scenes)
     x = bundle.preprocess.normalize(images.float() / 255)
     for i in (0, 1):
@@ -157,9 +157,10 @@ def test_scene_checkpoint_loads_and_preprocesses_like_training(path):
         assert acc >= 0.9
     elif not bundle.config.use_ds_conv:
         assert acc <= 0.45  # no position information at all: chance is 25%
-    maps = relevance_maps(bundle, scenes[:4], "rollout mean")
-    assert all(0 <= score_scene(m, s)["mass"] <= 1 for m, s in zip(maps, scenes))
-    mass = head_object_mass(bundle, scenes[:20])
+    maps = relevance_maps(bundle, scenes[:4], ("Attention rollout (mean)", "Saliency"))
+    assert all(0 <= score_scene(m, s)["mass"] <= 1 for ms, s in zip(maps, scenes) for m in ms.values())
+    assert maps[0]["Attention rollout (mean)"].shape == (8, 8) and maps[0]["Saliency"].shape == (32, 32)
+    mass = head_object_mass(bundle, scenes[:8])
     assert mass["cls"].shape == (bundle.config.depth, bundle.config.heads)
 
 
@@ -187,8 +188,8 @@ def test_groundtruth_cli_prints_both_tables(capsys, tmp_path):
     from rvt.groundtruth import main as groundtruth_main
     if not CHECKPOINTS:
         pytest.skip("no scene checkpoints in assets/")
-    groundtruth_main(["--checkpoint", str(CHECKPOINTS[0]), "--count", "4", "--accuracy-count", "8", "--scales", "1",
-                      "--methods", "rollout mean", "--heads", "1", "--figure", str(tmp_path / "o.png")])
+    groundtruth_main(["--checkpoint", str(CHECKPOINTS[0]), "--count", "2", "--accuracy-count", "4", "--scales", "1",
+                      "--methods", "Attention rollout (mean)", "--heads", "1", "--figure", str(tmp_path / "o.png")])
     out = capsys.readouterr().out
-    assert "| zoom 1x (32x32)" in out and "| rollout mean" in out and "| uniform map" in out
+    assert "| zoom 1x (32x32)" in out and "| Attention rollout (mean)" in out and "| uniform map" in out
     assert "top 1 off" in out and Image.open(tmp_path / "o.png").width > 300
