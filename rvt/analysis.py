@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from .budget import attention_dtype, check_budget
-from .capture import Trace, capture
+from .capture import AttentionGradients, Trace, capture
 from .checkpoint import Bundle
 from .device import autocast
 from .grid import patch_grid
@@ -96,21 +96,17 @@ def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
                     heads_off=dict(heads_off or {}), rotary_off=list(rotary_off or []))
 
 
-def attention_gradients(bundle: Bundle, analysis: Analysis, target: int) -> torch.Tensor:
-    """(L, 1, H, N, N) float32 gradient of class `target`'s logit w.r.t. every attention map (one more pass).
+def attention_gradients(bundle: Bundle, analysis: Analysis, target: int) -> AttentionGradients:
+    """Gradient of class `target`'s logit w.r.t. every attention map (one more pass), as factors.
 
-    The capture keeps only the CLS rows, so each layer's saved attention is freed as the backward
-    passes it, and each gradient is moved into the result as soon as it is copied: about two sets
-    of maps at the peak (`rvt.budget.estimate_bytes(..., gradients=True)`), not four.
+    The pass and its backward run the model's fused kernel; the result holds per layer v and the
+    gradient w.r.t. the attention output (each (1, H, N, d)), and `result[layer]` is the (1, H, N, N)
+    map gradient grad_out v^T, built when a panel reads it (`viz.rollout` does, one layer at a time).
+    `result.shape` is (L, 1, H, N, N); `result.full()` stacks them.
     """
     x = analysis.input.detach().to(bundle.device, copy=True).requires_grad_(True)
-    with capture(bundle.model, grads=True, cls_only=True) as trace, \
-            intervene(bundle.model, heads_off=analysis.heads_off, rotary_off=analysis.rotary_off):
-        logits = bundle.model(x)
-        logits[0, target].backward()
-    del logits
-    first = trace.attention_grad_layer(trace.layers[0])
-    result = torch.empty((len(trace.layers), *first.shape), dtype=torch.float32)  # (L, 1, H, N, N)
-    for position, layer in enumerate(trace.layers):
-        result[position] = trace.pop_attention_grad(layer)
-    return result
+    with intervene(bundle.model, heads_off=analysis.heads_off, rotary_off=analysis.rotary_off), \
+            capture(bundle.model, grad_factors=True) as trace:  # after intervene: sees heads before silencing
+        bundle.model(x)[0, target].backward()
+    factors = trace.attention_grad_factors()
+    return AttentionGradients(grad_out=[g.cpu() for g in factors.grad_out], values=[v.cpu() for v in factors.values])

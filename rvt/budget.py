@@ -35,7 +35,6 @@ FORWARD_MAPS = 1.0
 # Besides maps: the interpreter, torch and the model are already resident; preprocessing peaks at
 # 50-85 MB whatever the size (measured at 112-448 px), plus small activations and allocator slack.
 OVERHEAD = 96 * 2 ** 20
-GRADIENT_SLACK = 160 * 2 ** 20
 DEFAULT_BUDGET = "1GB"  # issue 10's target for an upload at 224 px on the bundled model
 UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
@@ -101,10 +100,9 @@ def estimate(config, size: tuple[int, int], *, gradients: bool = False) -> Estim
         forward=int(FORWARD_MAPS * layer_maps) + 2 * n * n * 4,  # + the statistics' distance table, built once
         # fused map + one head's scratch + (with discard_ratio) topk values, int64 indices and a mask
         panels=2 * n * n * 4 + n * n * (4 + 8 + 1),
-        # every layer's gradient and the result they are copied into, a few maps of softmax and matmul
-        # gradients in flight; plus slack measured at 112 px, where maps below glibc's 32 MB mmap
-        # threshold come from a heap that fragments
-        gradients=(2 * config.depth + 3) * layer_maps + GRADIENT_SLACK if gradients else 0,
+        # gradient rollout (`attention_gradients` keeps (1, H, N, d) factors): one layer's gradient map
+        # built from them, the fused map and one head's scratch (1.75 maps measured at 224 px)
+        gradients=2 * layer_maps + 2 * config.depth * inner * n * 4 if gradients else 0,
         other=OVERHEAD + height * width * (3 * 4 * config.channels + 3) + activations,
     )
 

@@ -71,7 +71,7 @@ def row_statistics(probs: torch.Tensor, distances: torch.Tensor,
         z = scores.float()
         lse = z.amax(-1) - p.amax(-1).log()  # (B, H, Q)
         entropy = lse * mass - torch.einsum("bhij,bhij->bhi", p, z)
-    return {"mean_distance_px": distance, "entropy_nats": entropy, "cls_share": p[..., 0]}
+    return {"mean_distance_px": distance, "entropy_nats": entropy, "cls_share": p[..., 0].clone()}  # not a view
 
 
 def average_rows(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -89,6 +89,35 @@ def head_statistics(probs: torch.Tensor, distances: torch.Tensor,
 
 
 @dataclass
+class AttentionGradients:
+    """d(target)/d(attention) of every layer, kept as two (B, H, N, d) factors per layer.
+
+    An attention output is A v, so the gradient with respect to the map A is grad_out v^T: built
+    by indexing, one (B, H, N, N) layer at a time, never all layers at once. `shape` is that of
+    the stacked maps; `full()` stacks them (tests, export).
+    """
+
+    grad_out: list[torch.Tensor]  # per layer (B, H, N, d): gradient w.r.t. the attention output A v
+    values: list[torch.Tensor]  # per layer (B, H, N, d): v
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        """(B, H, N, N) float32 gradient w.r.t. the attention map of the `layer`-th recorded layer."""
+        return self.grad_out[layer].float() @ self.values[layer].float().transpose(-1, -2)
+
+    @property
+    def shape(self) -> torch.Size:
+        b, h, n, _ = self.values[0].shape
+        return torch.Size((len(self), b, h, n, n))
+
+    def full(self) -> torch.Tensor:
+        """(L, B, H, N, N) stacked."""
+        return torch.stack([self[i] for i in range(len(self))])
+
+
+@dataclass
 class Trace:
     """What one forward pass computed. Per-layer tensors are stacked in `layers` order."""
 
@@ -100,12 +129,14 @@ class Trace:
     _attention: dict = field(default_factory=dict, repr=False)  # layer -> (B, H, Q, N)
     _head_stats: dict = field(default_factory=dict, repr=False)  # layer -> {statistic: (B, H)}
     _attention_grad: dict = field(default_factory=dict, repr=False)
+    _grad_factors: dict = field(default_factory=dict, repr=False)  # layer -> {"v", "grad_out"}, each (B, H, N, d)
     _qk: dict = field(default_factory=dict, repr=False)  # layer -> {"q", "k", "q_rot", "k_rot"}
 
     def _reset(self) -> None:
         self._attention.clear()
         self._head_stats.clear()
         self._attention_grad.clear()
+        self._grad_factors.clear()
         self._qk.clear()
 
     def cpu(self, attention_dtype: torch.dtype = torch.float32) -> Trace:
@@ -163,10 +194,14 @@ class Trace:
             raise RuntimeError(f"no attention gradient recorded for layer {layer}: call backward() after the forward")
         return self._attention_grad[layer]
 
-    def pop_attention_grad(self, layer: int) -> torch.Tensor:
-        """`attention_grad_layer`, dropped from the trace (so a caller copying layers out never holds two sets)."""
-        self.attention_grad_layer(layer)
-        return self._attention_grad.pop(layer)
+    def attention_grad_factors(self) -> AttentionGradients:
+        """The attention gradients as factors (capture(grad_factors=True) and a backward): see `AttentionGradients`."""
+        missing = [i for i in self.layers if "grad_out" not in self._grad_factors.get(i, {})]
+        if missing:
+            raise RuntimeError(f"no attention gradients recorded for layers {missing}: capture with "
+                               f"grad_factors=True, on a forward with gradients enabled, and call backward()")
+        return AttentionGradients(grad_out=[self._grad_factors[i]["grad_out"] for i in self.layers],
+                                  values=[self._grad_factors[i]["v"] for i in self.layers])
 
     def qk(self, which: str) -> torch.Tensor:
         """'q' | 'k' (before rotation) | 'q_rot' | 'k_rot' (after): (L, B, H, N, dim_head), CLS first."""
@@ -195,7 +230,7 @@ def _as_table(t: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool = False,
             dtype: torch.dtype | None = None, qk: bool = False, grads: bool = False, head_stats: bool = False,
-            recompute: bool = False):
+            recompute: bool = False, grad_factors: bool = False):
     """Record the next forward passes of `model` into a Trace (the last pass wins).
 
     layers: which layers to keep (default all); cls_only: keep only the CLS query row (a copy of
@@ -210,10 +245,19 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
     block while it is in cache. No float32 (H, N, N) map is ever materialised: at 224 px on the
     bundled model this halves the pass and its peak memory. Equal to the softmax the explicit path
     computes up to float rounding (tested); inference only (not with grads).
+
+    grad_factors: keep each layer's v and, after a backward, the gradient with respect to the
+    attention output A v (`trace.attention_grad_factors()`): the gradient with respect to the map
+    is their product, so the model keeps its fused kernel and its backward, and no layer's
+    (H, N, N) gradient exists until a panel asks for it. Enter it after `intervene`, so that it
+    sees head outputs before silencing (whose gradient is then 0, as for the map).
     """
     if recompute and grads:
         raise ValueError("capture(recompute=True) computes attention outside the model's graph: "
                          "attention gradients need recompute=False")
+    if grad_factors and (grads or recompute):
+        raise ValueError("capture(grad_factors=True) records gradients without attention maps: "
+                         "not with grads or recompute")
     blocks = attention_blocks(model)
     chosen = list(range(len(blocks))) if layers is None else sorted(set(int(i) for i in layers))
     bad = [i for i in chosen if not 0 <= i < len(blocks)]
@@ -261,11 +305,19 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
         b, h, n, _ = q.shape
         stored = torch.empty(b, h, 1 if cls_only else n, n, dtype=dtype or torch.float32, device=q.device)
         q, keys_t = q.float() * scale, k.float().transpose(-1, -2)
-        rows, block = (n if head_stats or not cls_only else 1), max(1, BLOCK_ELEMENTS // (b * h * n))
+        rows = n if head_stats or not cls_only else 1
+        block = min(rows, max(1, BLOCK_ELEMENTS // (b * h * n)))
+        # Two buffers reused by every block: allocating each block anew fragments the heap (blocks are
+        # under glibc's mmap threshold) and leaves freed memory in the process's RSS.
+        score_buffer, prob_buffer = (torch.empty(b * h * block * n, device=q.device) for _ in range(2))
         parts = []
         for first in range(0, rows, block):
-            scores = q[:, :, first:first + block] @ keys_t  # (B, H, rows, N) float32
-            probs = scores.softmax(-1)
+            size = (b, h, min(block, rows - first), n)
+            scores = torch.matmul(q[:, :, first:first + block], keys_t,
+                                  out=score_buffer[:size[0] * size[1] * size[2] * n].view(size))  # (B, H, rows, N)
+            probs = prob_buffer[:scores.numel()].view(size)
+            torch.sub(scores, scores.amax(-1, keepdim=True), out=probs).exp_()  # softmax, in the buffer
+            probs.div_(probs.sum(-1, keepdim=True))
             if head_stats:
                 parts.append(row_statistics(probs, distances[trace.grid][first:first + block], scores))
             if first < stored.shape[2]:
@@ -274,6 +326,19 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
         if head_stats:
             trace._head_stats[index] = average_rows({name: torch.cat([p[name] for p in parts], dim=-1)
                                                     for name in STATISTICS})
+
+    def attention_output(index, _module, args):
+        out = args[0]  # (B, N, H*d): the heads' A v, before the output projection
+        if not out.requires_grad:
+            raise RuntimeError("capture(grad_factors=True) needs a forward with gradients enabled "
+                               "(an input with requires_grad=True, outside torch.no_grad)")
+        heads = trace._grad_factors[index]["v"].shape[1]
+        out.register_hook(lambda g: trace._grad_factors[index].__setitem__(
+            "grad_out", rearrange(g.detach(), "b n (h d) -> b h n d", h=heads)))
+
+    def values(index, block, _module, _args, output):
+        v = output.chunk(2, dim=-1)[1].detach()
+        trace._grad_factors[index] = {"v": rearrange(v, "b n (h d) -> b h n d", h=block.heads)}
 
     def layer_input(index, _module, _args, kwargs):
         trace._qk.setdefault(index, {})["pos_emb"] = kwargs.get("pos_emb")
@@ -306,7 +371,10 @@ def capture(model: nn.Module, *, layers: list[int] | None = None, cls_only: bool
         handles.append(model.transformer.pos_emb.register_forward_hook(rotary))
         for i in chosen:
             block = blocks[i]
-            if not recompute:
+            if grad_factors:
+                handles.append(block.to_kv.register_forward_hook(partial(values, i, block)))
+                handles.append(block.to_out.register_forward_pre_hook(partial(attention_output, i), prepend=True))
+            if not (recompute or grad_factors):
                 if hasattr(block, "fused"):
                     fused_before[block] = block.fused
                     block.fused = False

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import small_config
-from rvt import Preprocess, RvT, capture, load_checkpoint, save_checkpoint
+from rvt import Preprocess, RvT, capture, intervene, load_checkpoint, save_checkpoint
 from rvt.analysis import analyze, attention_gradients
 from rvt.budget import (
     ATTENTION_FP32_LIMIT,
@@ -115,8 +115,10 @@ def test_rollout_refuses_bad_input():
         rollout(attention, [17])
     with pytest.raises(ValueError, match="cls_only"):
         rollout(attention[..., :1, :])
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match="gradient layers"):
         gradient_rollout(attention, attention[:2])
+    with pytest.raises(ValueError, match="differ"):
+        gradient_rollout(attention, attention[..., :16, :16])
 
 
 # --- head statistics --------------------------------------------------------------------------------------
@@ -163,17 +165,23 @@ def test_panels_read_layers_without_copies_and_match_the_references(bundle, phot
     for fusion in ("mean", "max"):
         grads = attention_gradients(bundle, analysis, 3)
         relevance = panels.rollout_map(analysis, fusion, gradients=grads).flatten()
-        ref = reference_rollout(trace.attention, fusion, gradients=grads)[0, 0, 1:]
+        ref = reference_rollout(trace.attention, fusion, gradients=grads.full())[0, 0, 1:]
         assert torch.allclose(relevance, ref / ref.sum(), atol=1e-6, rtol=0)
     assert torch.allclose(panels.rollout_map(analysis).flatten(), expected / expected.sum(), atol=1e-6, rtol=0)
 
 
-def test_attention_gradients_equal_a_full_capture(bundle, photo):
-    analysis = analyze(bundle, photo)
+@pytest.mark.parametrize("heads_off", [{}, {1: [0, 2]}])
+def test_attention_gradients_from_factors_equal_the_maps_gradient(bundle, photo, heads_off):
+    analysis = analyze(bundle, photo, heads_off=heads_off)
     x = analysis.input.clone().requires_grad_(True)
-    with capture(bundle.model, grads=True) as trace:
+    with capture(bundle.model, grads=True) as trace, intervene(bundle.model, heads_off=heads_off):
         bundle.model(x)[0, 4].backward()
-    assert torch.allclose(attention_gradients(bundle, analysis, 4), trace.attention_grad, atol=1e-7)
+    factored = attention_gradients(bundle, analysis, 4)
+    assert factored.shape == trace.attention_grad.shape and len(factored) == 2
+    assert torch.allclose(factored.full(), trace.attention_grad, atol=1e-6, rtol=1e-5)
+    if heads_off:
+        assert factored[1][:, [0, 2]].abs().max() == 0 and factored[1][:, 1].abs().max() > 0
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in bundle.model.modules())
 
 
 def test_cls_only_keeps_a_copy_not_the_full_maps(twin):

@@ -63,10 +63,8 @@ def _check(attention: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor] 
     if first.dim() != 4 or first.shape[-1] != first.shape[-2]:
         raise ValueError(f"expected full attention per layer (B, H, N, N), got {tuple(first.shape)} "
                          f"(a cls_only capture cannot be rolled out)")
-    if gradients is not None and (len(gradients) != len(attention)
-                                  or any(g.shape != a.shape for g, a in zip(gradients, attention))):
-        raise ValueError(f"attention {[tuple(a.shape) for a in attention][:1]} x {len(attention)} and gradients "
-                         f"{[tuple(g.shape) for g in gradients][:1]} x {len(gradients)} differ")
+    if gradients is not None and len(gradients) != len(attention):
+        raise ValueError(f"{len(attention)} attention layers but {len(gradients)} gradient layers")
     return first.shape[0], first.shape[-1]
 
 
@@ -76,7 +74,8 @@ def rollout(attention: torch.Tensor | Sequence[torch.Tensor], rows: Sequence[int
     """Rows `rows` (default all) of the rollout: (B, len(rows), N), each summing to 1.
 
     attention: (L, B, H, N, N) or a list of per-layer (B, H, N, N) in forward order, any float dtype;
-    gradients: the same shapes for gradient rollout (heads fused after attention x gradient, positive part).
+    gradients: the same shapes for gradient rollout (heads fused after attention x gradient, positive
+    part): a tensor, a list, or `rvt.capture.AttentionGradients` (each layer built when read).
     """
     batch, n = _check(attention, gradients)
     index = torch.arange(n) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
@@ -85,8 +84,12 @@ def rollout(attention: torch.Tensor | Sequence[torch.Tensor], rows: Sequence[int
     result = torch.zeros(batch, index.numel(), n)  # (B, Q, N)
     result[:, torch.arange(index.numel()), index] = 1.0
     for layer in reversed(range(len(attention))):  # r A'_L ... A'_1: the last layer first
-        fused = _discard(_fuse(attention[layer], head_fusion, None if gradients is None else gradients[layer]),
-                         discard_ratio)
+        weights = None if gradients is None else gradients[layer]  # built here, one layer at a time
+        if weights is not None and weights.shape != attention[layer].shape:
+            raise ValueError(f"layer {layer}: attention {tuple(attention[layer].shape)} and gradients "
+                             f"{tuple(weights.shape)} differ")
+        fused = _discard(_fuse(attention[layer], head_fusion, weights), discard_ratio)
+        del weights
         scaled = result / (fused.sum(-1) + 1).unsqueeze(1)  # (B, Q, N): r_i / s_i
         result = torch.baddbmm(scaled, scaled, fused)
     return result
