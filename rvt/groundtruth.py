@@ -6,7 +6,9 @@ objects' masks:
   - relevance rank accuracy: of the K most relevant pixels (K = mask size), the share inside the
     mask; ties at the K-th value count by the share of tied pixels inside (random tie-breaking's
     expectation), so patch-level maps, blocky once upsampled, are scored fairly.
-Patch-level maps (attention, rollout) are spread over their patch's pixels before scoring.
+The maps are the faithfulness scorecard's (`rvt.faithfulness.methods.explain`, same method names),
+for the predicted class. Patch-level maps (attention, rollout, the random floor) are spread over
+their patch's pixels; pixel maps are summed over channels (by magnitude for gradient methods).
 
 Also: per-head attention mass on the key objects over a batch of scenes, and the accuracy when
 the most object-focused heads are silenced (rvt.intervene).
