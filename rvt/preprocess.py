@@ -105,7 +105,8 @@ def _fit_background(arr: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.n
     design = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], -1)  # (h, w, 6)
     keep = ring.copy()
     for _ in range(2):
-        coef, *_ = np.linalg.lstsq(design[keep], arr[keep], rcond=None)  # (6, 3)
+        a, b = design[keep].astype(np.float64), arr[keep].astype(np.float64)
+        coef = np.linalg.solve(a.T @ a + 1e-9 * np.eye(6), a.T @ b)  # (6, 3): least squares, normal equations
         surface = design @ coef.astype(np.float32)
         residual = np.linalg.norm(arr - surface, axis=-1)
         inliers = residual[keep]
