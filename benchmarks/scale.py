@@ -37,7 +37,7 @@ def measure(size: int, budget: str) -> dict:
     from PIL import Image
 
     from rvt import load_checkpoint
-    from rvt.analysis import analyze, analyze_input, prepare
+    from rvt.analysis import analyze, analyze_input, attention_gradients, prepare
     from rvt.budget import estimate_bytes, parse_bytes
     from rvt.device import thread_policy
     from viz import panels
@@ -57,6 +57,7 @@ def measure(size: int, budget: str) -> dict:
     analysis, upload_peak = peak_growth(upload)
     last = analysis.trace.layers[-1]
     x, shown = prepare(bundle, image, hw)
+    gradients = attention_gradients(bundle, analysis, 0)
     steps = {
         "analyze": lambda: analyze(bundle, image, hw),
         "  preprocess": lambda: prepare(bundle, image, hw),
@@ -68,6 +69,8 @@ def measure(size: int, budget: str) -> dict:
         "head statistics": lambda: panels.stats_panel(analysis),
         "predictions chart": lambda: panels.predictions_panel(analysis),
         "default panels": lambda: panels.default_panels(analysis),
+        "attention gradients (pass)": lambda: attention_gradients(bundle, analysis, 0),
+        "gradient rollout": lambda: panels.rollout_panel(analysis, "max", 0.0, gradients),
     }
     peaks = {name: peak_growth(fn)[1] for name, fn in steps.items() if name not in ("analyze", "  captured pass")}
     del analysis
@@ -77,6 +80,7 @@ def measure(size: int, budget: str) -> dict:
     return {"size": size, "ms": {k: v * 1e3 for k, v in times.items()},
             "peak_mb": {k: v / 1e6 for k, v in peaks.items()},
             "upload_peak_mb": upload_peak / 1e6, "estimate_mb": estimate_bytes(bundle.config, hw) / 1e6,
+            "gradients_estimate_mb": estimate_bytes(bundle.config, hw, gradients=True) / 1e6,
             "attention_dtype": str(analysis.trace.layer_attention(last).dtype).replace("torch.", ""),
             "torch_threads": torch.get_num_threads()}
 
@@ -100,13 +104,16 @@ def main() -> None:
     cell = lambda r, step: f"{r['ms'][step]:.1f} ({r['peak_mb'][step]:.0f} MB)"  # noqa: E731
     rows = []
     for step in ("analyze", "  preprocess", "  captured pass", "heads panel", "head switch", "model panel",
-                 "rollout", "head statistics", "predictions chart", "default panels"):
+                 "rollout", "head statistics", "predictions chart", "default panels", "attention gradients (pass)",
+                 "gradient rollout"):
         rows.append([step, *[cell(r, step) for r in results], *[BEFORE.get(step, {}).get(s, "") for s in sizes]])
     rows.append(["upload (analyze + default panels + chart)",
                  *[f"{r['ms']['analyze'] + r['ms']['default panels'] + r['ms']['predictions chart']:.0f} "
                    f"({r['upload_peak_mb']:.0f} MB)" for r in results],
                  *[BEFORE["upload (analyze + default panels + chart)"].get(s, "") for s in sizes]])
     rows.append(["budget estimate for the upload", *[f"{r['estimate_mb']:.0f} MB" for r in results],
+                 *[""] * len(sizes)])
+    rows.append(["budget estimate with gradient rollout", *[f"{r['gradients_estimate_mb']:.0f} MB" for r in results],
                  *[""] * len(sizes)])
     rows.append(["stored attention dtype", *[r["attention_dtype"] for r in results], *[""] * len(sizes)])
     print(f"{CHECKPOINT.name}, torch threads {results[0]['torch_threads']}, thread-CPU ms (peak RSS growth), "

@@ -22,16 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .capture import BLOCK_ELEMENTS
 from .grid import patch_grid
 
 # Above this much float32 attention an analysis stores it as float16: half the memory, rows
 # exact to about 3 significant digits (0.05% relative). At or below it (the bundled model up to
 # 112 px) everything stays float32 and equal to an unreduced capture.
 ATTENTION_FP32_LIMIT = 128 * 2 ** 20
-# What the pass holds besides the stored maps, in units of one layer's (H, N, N) float32 maps:
-# `analyze` recomputes attention in row blocks (`capture(recompute=True)`), so this is slack
-# measured at 224 px (allocator and kernel buffers), plus the distance table below.
-FORWARD_MAPS = 1.0
 # Besides maps: the interpreter, torch and the model are already resident; preprocessing peaks at
 # 50-85 MB whatever the size (measured at 112-448 px), plus small activations and allocator slack.
 OVERHEAD = 96 * 2 ** 20
@@ -50,7 +47,7 @@ class Estimate:
 
     attention: int  # the stored maps, every layer
     qk: int  # q and k before and after rotation
-    forward: int  # maps alive inside one layer of the pass, plus the head-statistics distance table
+    forward: int  # the pass's working memory besides the stored maps
     panels: int  # the widest panel's working memory (rollout: one fused map, one head, discard masks)
     gradients: int  # gradient rollout's extra pass (0 unless asked for)
     other: int  # input, activations, allocator slack
@@ -97,7 +94,9 @@ def estimate(config, size: tuple[int, int], *, gradients: bool = False) -> Estim
     return Estimate(
         attention=stored,
         qk=4 * config.depth * inner * n * 4,
-        forward=int(FORWARD_MAPS * layer_maps) + 2 * n * n * 4,  # + the statistics' distance table, built once
+        # `analyze` recomputes attention in row blocks (capture(recompute=True)): two block buffers and a
+        # block's temporaries, and the statistics' (N, N) distance table (built padded, so twice)
+        forward=3 * min(BLOCK_ELEMENTS, config.heads * n * n) * 4 + 2 * n * n * 4,
         # fused map + one head's scratch + (with discard_ratio) topk values, int64 indices and a mask
         panels=2 * n * n * 4 + n * n * (4 + 8 + 1),
         # gradient rollout (`attention_gradients` keeps (1, H, N, d) factors): one layer's gradient map
