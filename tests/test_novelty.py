@@ -13,7 +13,7 @@ from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
 from rvt.novelty import auroc, cls_features, features, fit, novelty, scores, stats_path
 from rvt.photolike import non_garment_set, photo_like_set
 
-AUROC_FLOOR = 0.95  # the target; measured 0.96 on these seeds
+AUROC_FLOOR = 0.95  # the target; measured 0.965 on these seeds (clean flagged 2.27%, non-garments 72.7%)
 CLEAN_FLAG_CEILING = 0.05  # the target; the threshold sits at the held-out 98th percentile
 
 

@@ -14,7 +14,7 @@ from rvt.photolike import non_garment_set, photo_like_set
 from rvt.preprocess import ImageInputError, read_image
 
 BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "rvt_fashion_mnist.safetensors"
-PHOTO_FLOOR = 0.78  # measured 82-83% on test-split items (clean: 92.10%); the target is within 10 points
+PHOTO_FLOOR = 0.82  # the target: within 10 points of the clean 92.10%; measured 87.2% on this seed
 
 
 def fashion_mnist(split: str):
