@@ -87,7 +87,7 @@ class View:
     image: Image.Image  # the model's input before normalisation, at the requested size
     box: tuple[int, int, int, int] | None  # the crop in the upload's pixels (after EXIF rotation)
     inverted: bool  # negated (dark item on a light background, or invert="always")
-    unchanged: bool  # already in the training format: passed through as it is
+    unchanged: bool  # already in the training format and asked at the training size: passed through as it is
 
 
 def _ring(height: int, width: int, fraction: float) -> np.ndarray:
@@ -215,8 +215,11 @@ class Preprocess:
         model_mode = image.convert(MODES[self.channels])
         gray = model_mode if self.channels == 1 else model_mode.convert("L")
         light_border = border_is_light(gray)
-        if image.size == (width, height) and self.invert != "always" and not light_border:
-            return View(image=model_mode, box=None, inverted=False, unchanged=True)
+        if image.size == self.image_size[::-1] and self.invert != "always" and not light_border:
+            # Already the training format: nothing to find or invert; only resized for another analysis size.
+            if image.size != (width, height):
+                model_mode = model_mode.resize((width, height), Image.Resampling.BILINEAR)
+            return View(image=model_mode, box=None, inverted=False, unchanged=image.size == (width, height))
         if self.fit != "content":
             inverted = self.invert == "always" or (self.invert == "auto" and light_border)
             shown = ImageOps.invert(model_mode) if inverted else model_mode

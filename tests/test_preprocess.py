@@ -58,6 +58,14 @@ def test_training_size_with_a_light_border_is_inverted_not_kept():
     assert unit[0, 0, 0] == 0 and unit[0, 14, 14] > 0.9
 
 
+def test_training_format_is_only_resized_at_other_analysis_sizes():
+    arr = np.zeros((28, 28), np.uint8)
+    arr[20:26, 3:9] = 200  # a small item in a corner: a photo would be cropped to it, this is not
+    view = Preprocess().view(Image.fromarray(arr), (56, 56))
+    assert not view.unchanged and view.box is None and not view.inverted
+    assert np.array_equal(np.asarray(view.image), np.asarray(Image.fromarray(arr).resize((56, 56), Image.BILINEAR)))
+
+
 def test_what_the_model_sees_is_what_it_gets():
     rng = np.random.default_rng(0)
     arr = rng.integers(200, 230, (90, 140, 3)).astype(np.uint8)
