@@ -1,9 +1,9 @@
 """Attribution baselines: what each one is, IG's completeness against it, and what the text says."""
 import pytest
 import torch
-from conftest import small_config
 from PIL import Image
 
+from conftest import small_config
 from rvt import Preprocess, RvT
 from rvt.analysis import display_image
 from viz.attributions import (

@@ -10,9 +10,9 @@ from .curves import FILLS, Curves, deletion_insertion
 from .methods import ALL_METHODS, ATTENTION_METHODS, RANDOM, SMOOTHGRAD, Explainer, MapSettings, explain
 from .metrics import infidelity_scores, sensitivity_scores
 from .randomization import RULE, Randomization, randomization_check, randomized_cascade, spearman
-from .scorecard import CAVEAT, NOTES, READING, FaithfulnessConfig, Scorecard, method_note, scorecard
+from .scorecard import CAVEAT, NOTES, READING, FaithfulnessConfig, Scorecard, clear_caches, method_note, scorecard
 
 __all__ = ["ALL_METHODS", "ATTENTION_METHODS", "CAVEAT", "FILLS", "NOTES", "RANDOM", "READING", "RULE",
            "SMOOTHGRAD", "Curves", "Explainer", "FaithfulnessConfig", "MapSettings", "Randomization", "Scorecard",
-           "deletion_insertion", "explain", "infidelity_scores", "method_note", "randomization_check",
+           "clear_caches", "deletion_insertion", "explain", "infidelity_scores", "method_note", "randomization_check",
            "randomized_cascade", "scorecard", "sensitivity_scores", "spearman"]

@@ -101,6 +101,11 @@ def randomized_cascade(model: nn.Module, seed: int = 0) -> list[tuple[str, nn.Mo
     return cascade
 
 
+def clear_cascades() -> None:
+    with _lock:
+        _cascades.clear()
+
+
 def _average_ranks(values: np.ndarray) -> np.ndarray:
     order = values.argsort(kind="stable")
     _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
