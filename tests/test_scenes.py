@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from rvt import load_checkpoint
+from rvt.assets import ASSETS
 from rvt.data import load_labels_csv
 from rvt.groundtruth import (
     head_object_mass,
@@ -33,7 +34,6 @@ from rvt.scenes import (
 from rvt.scenes import main as scenes_main
 from rvt.train import scene_preprocess
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CHECKPOINTS = sorted(ASSETS.glob("scene_*.safetensors"))
 
 
