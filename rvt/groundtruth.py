@@ -168,12 +168,15 @@ def patch_coverage(mask: np.ndarray, patch_size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def head_object_mass(bundle: Bundle, scenes: list[Scene], batch: int = 100) -> dict[str, np.ndarray]:
+def head_object_mass(bundle: Bundle, scenes: list[Scene], batch: int = 100,
+                     check: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
     """Per-head attention mass on the key objects' patches (weighted by how much of each patch they
     cover), averaged over `scenes`: {'cls': (L, H) from the CLS query, 'patches': (L, H) mean over
     patch queries, 'uniform': the same mass for uniform attention, a scalar array}."""
     cls_sum = patch_sum = uniform = 0.0
     for i in range(0, len(scenes), batch):
+        if check:
+            check()
         chunk = scenes[i:i + batch]
         cover = torch.from_numpy(np.stack([patch_coverage(key_mask(s.masks), bundle.config.patch_size)
                                            for s in chunk])).float()  # (B, N-1)

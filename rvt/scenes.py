@@ -215,7 +215,7 @@ def _background(spec: SceneSpec, size: tuple[int, int], rng: np.random.Generator
     h, w = size
     cells = rng.uniform(-1, 1, (spec.height // 8 + 2, spec.width // 8 + 2)).astype(np.float32)
     # The cell grid covers the canvas plus one cell: resizing it maps scene units to pixels at any size.
-    tex = Image.fromarray(cells, mode="F").resize((w, h), Image.Resampling.BICUBIC,
+    tex = Image.fromarray(cells).resize((w, h), Image.Resampling.BICUBIC,
                                                   box=(0, 0, spec.width / 8, spec.height / 8))
     texture = np.asarray(tex, dtype=np.float32)[..., None] * spec.texture
     noise = rng.normal(0, spec.noise, (h, w, 3)).astype(np.float32)
