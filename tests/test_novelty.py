@@ -13,7 +13,7 @@ from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
 from rvt.novelty import auroc, cls_features, features, fit, novelty, scores, stats_path
 from rvt.photolike import non_garment_set, photo_like_set
 
-AUROC_FLOOR = 0.95  # the target; measured 0.965 on these seeds (clean flagged 2.27%, non-garments 72.7%)
+AUROC_FLOOR = 0.95  # the target; measured 0.965 on these seeds (clean flagged 2.30%, non-garments 72.7%)
 CLEAN_FLAG_CEILING = 0.05  # the target; the threshold sits at the held-out 98th percentile
 
 
@@ -121,7 +121,9 @@ def bundled_scores():
     assert stats_path(BUNDLED).is_file(), "the bundled checkpoint's novelty statistics are missing"
     uploads, _ = photo_like_set(as_uint8(images), labels.numpy(), 300, seed=11)
     others = non_garment_set(300, seed=12)
-    out = {"clean": scores(bundle, bundle.preprocess.normalize(images))}  # = the user path, proven bit for bit
+    # 4,000 clean images keep CI short (rvt.evaluate --ood reports all 10,000); the same tensors as the user
+    # path, proven bit for bit in test_preprocess.
+    out = {"clean": scores(bundle, bundle.preprocess.normalize(images[:4000]))}
     for name, images in (("photo_like", uploads), ("non_garment", others)):
         out[name] = scores(bundle, torch.stack([bundle.preprocess(image) for image in images]))
     return {name: (s.numpy(), stats) for name, (s, _, stats) in out.items()}
