@@ -232,8 +232,8 @@ def assess(bundle, feature: torch.Tensor, logits: torch.Tensor, x: torch.Tensor)
     score = feature_z + pixel_z
     percentile, flag = stats.percentile(score), score > stats.threshold
     parts = {"model feature distance": feature_z, "image reconstruction error": pixel_z}
-    detail = (f"the model's feature is {feature_z:+.1f} and the image's reconstruction error {pixel_z:+.1f} "
-              f"standard deviations from held-out training images")
+    detail = (f"the model's feature distance is {feature_z:+.1f} and the image's reconstruction error "
+              f"{pixel_z:+.1f} standard deviations from their averages on held-out training images")
     if flag:
         reason = (f"This image is unlike the training data (score {score:.1f}, above the threshold "
                   f"{stats.threshold:.1f} that {stats.quantile:.0%} of held-out training images stay under): "
