@@ -205,13 +205,29 @@ class LensService:
         self._lock = threading.Lock()  # guards the session table only; model passes never take it
         self._exports = Path(tempfile.mkdtemp(prefix="rvt-lens-exports-"))
         self.passes = 0  # model passes run so far (borrows of a replica), for tests and benchmarks
+        self._shared: dict[str, ModelPool] = {}  # further read-only models every session may use, by path
+
+    def shared_model(self, path: str | Path) -> ModelPool:
+        """A read-only model the server offers to everyone (e.g. the scene models), loaded once."""
+        key = str(Path(path).resolve())
+        with self._lock:
+            pool = self._shared.get(key)
+        if pool is None:
+            pool = ModelPool(load_checkpoint(path, self.bundled.bundle.device, limits=self.model_limits), shared=True)
+            with self._lock:
+                pool = self._shared.setdefault(key, pool)
+        return pool
 
     @contextlib.contextmanager
-    def _borrow(self, data: SessionData) -> Iterator[Bundle]:
+    def borrow(self, pool: ModelPool) -> Iterator[Bundle]:
+        """A private replica of `pool`'s model for one pass (counted in `passes`)."""
         with self._lock:
             self.passes += 1
-        with data.pool.borrow() as replica:
+        with pool.borrow() as replica:
             yield replica
+
+    def _borrow(self, data: SessionData):
+        return self.borrow(data.pool)
 
     # ---- sessions ---------------------------------------------------------------------------------
 

@@ -134,10 +134,10 @@ def test_sizes_are_bounded_by_the_server_not_the_model(checkpoint, garment):
         service.analyze(sid, garment, (68, 28))
     with pytest.raises(UserError, match="multiple of the patch size"):
         service.analyze(sid, garment, (30, 28))
-    small = make(checkpoint, analysis_bytes=30 * 10**6)
+    small = make(checkpoint, analysis_bytes=200 * 10**6)
     lo, hi, step = small.size_range(small.bundled.bundle)
     assert (lo, step) == (4, 4) and 28 < hi < 448  # the controls' range follows the memory budget
-    with pytest.raises(UserError, match=r"over the 30 MB memory budget: the largest 448:448 size that fits is"):
+    with pytest.raises(UserError, match=r"over the 200 MB memory budget: the largest 448:448 size that fits is"):
         small.analyze(small.open_session(), garment, (448, 448))
     assert small.passes == 0  # refused before any model pass
 
