@@ -268,12 +268,13 @@ def scores(bundle, inputs: torch.Tensor, progress: Callable[[float], None] | Non
 
 def main(argv=None) -> None:
     from .checkpoint import CheckpointError, load_checkpoint
-    from .data import DatasetError, load_fashion_mnist
+    from .data import DatasetError, load_fashion_mnist, load_image_folder
 
     p = argparse.ArgumentParser(prog="python -m rvt.novelty", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data-root", help="folder with the Fashion-MNIST idx files")
+    p.add_argument("--image-folder", type=Path, help="the training images as root/<class>/<image> instead")
     p.add_argument("--quantile", type=float, default=0.98, help="held-out quantile for the threshold")
     p.add_argument("--val-fraction", type=float, default=0.1, help="as in rvt.train: the held-out share")
     p.add_argument("--seed", type=int, default=0, help="as in rvt.train: fixes the held-out split")
@@ -281,7 +282,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         bundle = load_checkpoint(args.checkpoint, args.device)
-        images, labels = load_fashion_mnist("train", args.data_root)
+        if args.image_folder:
+            images, labels, classes = load_image_folder(args.image_folder, bundle.preprocess)
+            if classes != bundle.labels:
+                raise SystemExit(f"error: folder classes {classes} differ from the checkpoint's {bundle.labels}")
+        else:
+            images, labels = load_fashion_mnist("train", args.data_root)
     except (CheckpointError, DatasetError) as e:
         raise SystemExit(f"error: {e}") from None
     # The training script's own held-out split, so the threshold is set on images the model never fitted.

@@ -137,3 +137,17 @@ def test_bundled_notice_separates_non_garments(bundled_scores):
     assert (clean > stats.threshold).mean() <= CLEAN_FLAG_CEILING
     assert (bundled_scores["non_garment"][0] > stats.threshold).mean() >= 0.5
     assert (bundled_scores["photo_like"][0] > stats.threshold).mean() <= 0.10  # photos of garments mostly pass
+
+
+def test_cli_writes_statistics_from_an_image_folder(tiny, tmp_path):
+    from rvt.novelty import main
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        folder = tmp_path / "data" / f"c{k}"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    main(["--checkpoint", tiny.source, "--image-folder", str(tmp_path / "data"), "--device", "cpu",
+          "--val-fraction", "0.25"])
+    assert stats_path(tiny.source).is_file()
+    assert novelty(load_checkpoint(tiny.source, "cpu"), photo()).method == "mahalanobis+pca"
