@@ -4,8 +4,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before any gradio 
 
 import pytest
 import torch
-from reference import load_reference_rvt
 
+from reference import load_reference_rvt
 from rvt import RvT
 
 

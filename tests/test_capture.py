@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import small_config
 
+from conftest import small_config
 from rvt import RvT, capture, intervene
 
 
