@@ -3,13 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import small_config
 from PIL import Image
 
+from conftest import small_config
 from rvt import Preprocess, RvT, capture, load_checkpoint, save_checkpoint
 from rvt.analysis import analyze, attention_gradients
 from viz import panels
-from viz.attributions import METHODS, attribute
+from viz.attributions import METHODS, attribute, baseline_input
 from viz.render import colorize, lut, overlay
 from viz.rollout import attention_rollout, gradient_rollout
 from viz.rotary import aliasing_bands, phase_steps, rotary_kernel
@@ -119,12 +119,16 @@ def photo():
     return Image.fromarray(arr)
 
 
-def test_integrated_gradients_completeness(bundle):
-    x = torch.randn(1, 1, 28, 28)
+@pytest.mark.parametrize("baseline", ["black", "mean", "blur"])
+def test_integrated_gradients_completeness(bundle, baseline):
+    """IG's scores add up to the logit at the input minus the logit at the baseline it names."""
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     target = 3
-    attr = attribute(bundle.model, x, target, "Integrated Gradients", steps=200)
+    attr = attribute(bundle.model, x, target, "Integrated Gradients", steps=200, baseline=baseline,
+                     preprocess=bundle.preprocess)
     with torch.no_grad():
-        gap = bundle.model(x)[0, target] - bundle.model(torch.zeros_like(x))[0, target]
+        start = baseline_input(x, baseline, bundle.preprocess)
+        gap = bundle.model(x)[0, target] - bundle.model(start)[0, target]
     assert attr.sum().item() == pytest.approx(gap.item(), abs=0.02 * max(1.0, abs(gap.item())))
 
 
