@@ -176,7 +176,9 @@ def test_scorecard_summary_progress_cancel_and_cache(small, bright):
     config = FaithfulnessConfig(fills=("black", "blur"), infidelity_samples=8, sensitivity_samples=2)
     card = scorecard(small, x, None, PRE, config, progress=seen.append)
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
-    assert scorecard(small, x, None, PRE, config) is card
+    cached = scorecard(small, x, None, PRE, config)
+    assert card.seconds > 0 and cached.seconds == 0.0  # served from the cache: no time spent
+    assert cached.maps is card.maps and cached.curves is card.curves  # the same numbers, not recomputed
     summary = card.summary()
     assert list(summary) == list(ALL_METHODS)
     for method, row in summary.items():

@@ -5,7 +5,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -180,7 +180,7 @@ def scorecard(model: nn.Module, x: torch.Tensor, target: int | None, preprocess:
             _cache.move_to_end(key)
             if progress is not None:
                 progress(1.0)
-            return _cache[key]
+            return replace(_cache[key], seconds=0.0)  # the same numbers; no time spent on them
     card = _scorecard(model, x, int(target), preprocess, config, methods, dict(extra or {}), patch_size,
                       progress or (lambda fraction: None), check or (lambda: None))
     with _lock:
