@@ -32,12 +32,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from rvt import Bundle, ModelLimits, RvT, RvTConfig, load_checkpoint
 from rvt.analysis import Analysis, analyze, analyze_input, attention_gradients
+from rvt.assets import SCENE_CHECKPOINTS
 from rvt.budget import BudgetError, check_budget, largest_size
+from rvt.faithfulness import ATTENTION_METHODS, FILLS, RANDOM, FaithfulnessConfig, Scorecard, scorecard
+from rvt.groundtruth import TEST_SEED, head_object_mass, relevance_maps, score_methods, score_scene, silencing
 from rvt.preprocess import Preprocess, read_image
+from rvt.scenes import Scene, make_scenes
 from viz.attributions import BASELINES, METHODS, attribute
 
 log = logging.getLogger("rvt-lens")
@@ -127,6 +133,25 @@ class Job:
                             f"use fewer steps, no SmoothGrad, or a smaller inference resolution.")
 
 
+LIVE_SCENE_METHODS = (*ATTENTION_METHODS, RANDOM)  # one pass and one backward: cheap enough for every edit
+
+
+@dataclass
+class SceneAnalysis:
+    scene: Scene
+    analysis: Analysis
+    maps: dict[str, np.ndarray]  # method -> 2-D relevance for the predicted class (patch grid or pixels)
+    scores: dict[str, dict[str, float]]  # method -> {"mass": ..., "rank": ...} against the key objects
+
+
+@dataclass
+class SceneHeads:
+    mass: dict[str, np.ndarray]  # "cls" / "patches" -> (L, H) attention mass on the key objects; "uniform"
+    silencing: dict[str, dict[str, float]]  # query -> accuracy with all heads / top k / bottom k / random k off
+    count: int
+    k: int
+
+
 class ModelPool:
     """Private replicas of one read-only model: each pass borrows one, so hooks never leak across users."""
 
@@ -206,6 +231,7 @@ class LensService:
         self._exports = Path(tempfile.mkdtemp(prefix="rvt-lens-exports-"))
         self.passes = 0  # model passes run so far (borrows of a replica), for tests and benchmarks
         self._shared: dict[str, ModelPool] = {}  # further read-only models every session may use, by path
+        self._scene_heads: dict[tuple, SceneHeads] = {}  # (model, scenes, k) -> result: the same for everyone
 
     def shared_model(self, path: str | Path) -> ModelPool:
         """A read-only model the server offers to everyone (e.g. the scene models), loaded once."""
@@ -250,6 +276,14 @@ class LensService:
                                      f"image again.")
             data.last_used = time.monotonic()
             return data
+
+    def session_or_new(self, sid: str | None) -> str:
+        """`sid` if that session is live, else a new session's id (first visit, or expired)."""
+        try:
+            self.session(sid)
+            return sid
+        except UserError:
+            return self.open_session()
 
     def close_session(self, sid: str | None) -> None:
         with self._lock:
@@ -466,6 +500,66 @@ class LensService:
                              bool(smooth), progress=progress, baseline=baseline, preprocess=replica.preprocess,
                              check=job.check)
         return attr.cpu(), target
+
+    def faithfulness(self, sid: str, fill: str = "black", target: int | None = None,
+                     progress: Callable[[float], None] | None = None) -> Scorecard:
+        """The faithfulness scorecard of the current analysis for `target` (default: the predicted class):
+        every explanation method's deletion/insertion curves with `fill`, the randomisation cascade,
+        infidelity and sensitivity. A heavy job: one per session, time-limited, cancellable."""
+        if fill not in FILLS:
+            raise UserError(f"unknown fill {fill!r}: choose one of {', '.join(FILLS)}")
+        analysis = self.current(sid)
+        data = self.session(sid)
+        target = int(analysis.probs.argmax()) if target is None else self.check_class(data.bundle, target)
+        with self.job(sid) as job, self._borrow(data) as replica:
+            return scorecard(replica.model, analysis.input.to(replica.device), target, replica.preprocess,
+                             FaithfulnessConfig(fills=(fill,)), progress=progress, check=job.check)
+
+    # ---- scenes: the shared scene models (assets/SCENES_MODEL_CARD.md) ------------------------------
+
+    def scene_pool(self, name: str) -> ModelPool:
+        if name not in SCENE_CHECKPOINTS:
+            raise UserError(f"unknown scene model {name!r}: choose one of {', '.join(SCENE_CHECKPOINTS)}")
+        return self.shared_model(SCENE_CHECKPOINTS[name])
+
+    def analyze_scene(self, name: str, scene: Scene) -> SceneAnalysis:
+        """One captured pass of `scene` on scene model `name`, and the attention-based maps for the
+        predicted class scored against the key objects' masks (mass and rank accuracy)."""
+        pool = self.scene_pool(name)
+        size = self.check_size(pool.bundle, scene.image.shape[:2])
+        with self.borrow(pool) as replica:
+            analysis = analyze(replica, Image.fromarray(scene.image), size, bf16=self.bf16)
+            maps = relevance_maps(replica, [scene], LIVE_SCENE_METHODS, targets=analysis.probs.argmax()[None])[0]
+        return SceneAnalysis(scene, analysis, maps, {m: score_scene(r, scene) for m, r in maps.items()})
+
+    def score_scene_methods(self, sid: str, name: str, scene: Scene) -> dict[str, dict[str, float]]:
+        """Every explanation method of the faithfulness scorecard scored against the scene's key objects
+        (plus what a uniform map scores). A heavy job."""
+        pool = self.scene_pool(name)
+        with self.job(sid) as job, self.borrow(pool) as replica:
+            return score_methods(replica, [scene], check=job.check)
+
+    def scene_heads(self, sid: str, name: str, count: int = 200, k: int = 2,
+                    progress: Callable[[float], None] | None = None) -> SceneHeads:
+        """Per-head attention mass on the key objects over `count` test scenes, and the accuracy with
+        the k most (and least, and k random) object-focused heads silenced. A heavy job, cached per model."""
+        key = (name, count, k)
+        if key in self._scene_heads:
+            return self._scene_heads[key]
+        pool = self.scene_pool(name)
+        tell = progress or (lambda fraction: None)
+        with self.job(sid) as job, self.borrow(pool) as replica:
+            scenes = make_scenes(count, TEST_SEED, progress=lambda f: tell(0.3 * f), check=job.check)
+            mass = head_object_mass(replica, scenes, check=job.check)
+            tell(0.5)
+            silenced = {}
+            for i, query in enumerate(("cls", "patches")):
+                job.check()
+                silenced[query] = silencing(replica, scenes, mass[query], k)
+                tell(0.5 + 0.25 * (i + 1))
+        result = SceneHeads(mass, silenced, count, k)
+        self._scene_heads[key] = result
+        return result
 
     def whatif(self, sid: str, heads_off: dict[int, list[int]], rotary_off: list[int]) -> Analysis:
         analysis = self.current(sid)

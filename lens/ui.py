@@ -1,9 +1,9 @@
 """The page: composes the parts, runs one analysis per upload and redraws every part from it.
 
 Queue lanes (Gradio concurrency ids) keep visitors from waiting on each other: "pass" for the model
-passes an upload or a what-if needs, "heavy" for attributions and exports (one per session at a time,
-refused at once otherwise, and stopped by their time limit or a cancel), and Gradio's default lane
-for renders, which run no model.
+passes an upload or a what-if needs, "heavy" for attributions, scorecards, the resolution sweep and
+exports (one per session at a time, refused at once otherwise, and stopped by their time limit or a
+cancel), and Gradio's default lane for renders, which run no model.
 """
 from __future__ import annotations
 
@@ -11,20 +11,23 @@ import gradio as gr
 
 from lens import texts
 from lens.errors import guarded
-from lens.service import LensService, UserError
+from lens.service import LensService
 from lens.tabs import Context, positional
 from lens.tabs.attention import AttentionPart
 from lens.tabs.attributions import AttributionsPart
 from lens.tabs.export import ExportPart
+from lens.tabs.faithfulness import FaithfulnessPart
 from lens.tabs.inputs import InputPart
 from lens.tabs.model import ModelPart, model_summary
 from lens.tabs.rollout import RolloutPart
 from lens.tabs.rotary import RotaryPart
 from lens.tabs.rotary_lab import RotaryLabPart
+from lens.tabs.scenes import ScenesPart
 from lens.tabs.stats import StatsPart
 from lens.tabs.whatif import WhatIfPart
 
-TABS = (AttentionPart, RolloutPart, StatsPart, RotaryPart, RotaryLabPart, AttributionsPart, WhatIfPart, ExportPart)
+TABS = (AttentionPart, RolloutPart, StatsPart, RotaryPart, RotaryLabPart, AttributionsPart, FaithfulnessPart,
+        WhatIfPart, ScenesPart, ExportPart)
 LANES = {"pass": 2, "heavy": 2}  # a session runs at most one heavy job, so two lanes serve two visitors
 MAX_UPLOAD = "128mb"  # a ViT-S-sized checkpoint (~120 MB in fp32) fits; images are bounded again by read_image
 THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -40,7 +43,7 @@ def build_app(service: LensService) -> gr.Blocks:
             with gr.Column(scale=1, min_width=320):
                 inputs = InputPart(ctx)
                 model = ModelPart(ctx)
-            with gr.Column(scale=2), gr.Tabs():
+            with gr.Column(scale=2), gr.Tabs(overflow_behavior="wrap"):  # every tab in sight, none in a menu
                 tabs = []
                 for part_type in TABS:
                     with gr.Tab(part_type.title) as tab:
@@ -61,18 +64,10 @@ def _wire_analysis(ctx: Context, inputs: InputPart, model: ModelPart, parts: lis
     draw_inputs = list(named)  # every part's controls once, in order, named on the API page
     draw_outputs = [c for part in parts for c in part.outputs]
 
-    def session_id(sid: str | None) -> str:
-        """The visitor's session, opened anew if it never existed or expired."""
-        try:
-            service.session(sid)
-            return sid
-        except UserError:
-            return service.open_session()
-
     @guarded
     def analyze(sid, path, height, width):
         """One model pass for the upload; returns the session and the top-5 prediction (the API's answer)."""
-        sid = session_id(sid)
+        sid = service.session_or_new(sid)
         if not path:  # the image was cleared: nothing to show, nothing stale
             service.clear(sid)
             return sid, None
@@ -98,7 +93,7 @@ def _wire_analysis(ctx: Context, inputs: InputPart, model: ModelPart, parts: lis
                                                  api_name=f"{name}_panels")
 
     def load(values):
-        sid = session_id(values[ctx.session])
+        sid = service.session_or_new(values[ctx.session])
         bundle = model.load_model(sid, values)
         out = {ctx.session: sid, model.info: model_summary(bundle)}
         for part in parts:
@@ -122,8 +117,10 @@ def _wire_analysis(ctx: Context, inputs: InputPart, model: ModelPart, parts: lis
                                                api_name="load_model_panels")
 
     for part, tab in tabs:
-        tab.select(guarded(part.handler(_opened(ctx, part))), [ctx.session, *part.inputs],
-                   [ctx.visible, *part.outputs], api_name=part.api)
+        selected = tab.select(guarded(part.handler(_opened(ctx, part))), [ctx.session, *part.inputs],
+                              [ctx.visible, *part.outputs], api_name=part.api)
+        if part.opened:
+            selected.then(*part.opened, api_name=f"{part.api}_draw")
 
 
 def _opened(ctx: Context, part):

@@ -18,6 +18,7 @@ from .checkpoint import Bundle
 from .device import autocast
 from .grid import patch_grid
 from .intervene import intervene
+from .novelty import Novelty, assess, cls_features
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Analysis:
     patch_size: int
     heads_off: dict[int, list[int]] = field(default_factory=dict)
     rotary_off: list[int] = field(default_factory=list)
+    novelty: Novelty | None = None  # how unlike the training data the input is; None for a what-if re-run
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -89,11 +91,13 @@ def analyze_input(bundle: Bundle, x: torch.Tensor, shown: np.ndarray, *,
     model, dtype = bundle.model, attention_dtype(bundle.config, size)
     with torch.inference_mode(), autocast(bundle.device, bf16), \
             capture(model, qk=True, head_stats=head_stats, dtype=dtype, recompute=True) as trace, \
-            intervene(model, heads_off=heads_off, rotary_off=rotary_off):
+            intervene(model, heads_off=heads_off, rotary_off=rotary_off), cls_features(model) as features:
         logits = model(x.to(bundle.device))
+    intervened = any((heads_off or {}).values()) or bool(rotary_off)
+    found = None if intervened else assess(bundle, features[-1][0].float(), logits[0].float(), x[0])
     return Analysis(image=shown, input=x, probs=logits.float().softmax(-1)[0].cpu(), trace=trace.cpu(dtype),
                     labels=bundle.labels, patch_size=bundle.config.patch_size,
-                    heads_off=dict(heads_off or {}), rotary_off=list(rotary_off or []))
+                    heads_off=dict(heads_off or {}), rotary_off=list(rotary_off or []), novelty=found)
 
 
 def attention_gradients(bundle: Bundle, analysis: Analysis, target: int) -> AttentionGradients:

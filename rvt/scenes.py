@@ -179,6 +179,17 @@ def add_distractor(spec: SceneSpec, seed: int | tuple[int, ...] = 0) -> SceneSpe
     return replace(spec, distractors=[*spec.distractors, obj])
 
 
+def centred(spec: SceneSpec, canvas: tuple[int, int]) -> SceneSpec:
+    """The same objects, sizes and background on a canvas of `canvas` (H, W) scene units, shifted so the
+    old canvas sits in its centre: `extend` for an edited scene (objects keep their pixel size)."""
+    dy, dx = (canvas[0] - spec.height) / 2, (canvas[1] - spec.width) / 2
+    if dy < 0 or dx < 0:
+        raise ValueError(f"a {canvas[0]}x{canvas[1]} canvas cannot hold a {spec.height}x{spec.width} scene")
+    moved = [replace(obj, x=obj.x + dx, y=obj.y + dy) for obj in (spec.red, spec.blue, *spec.distractors)]
+    return replace(spec, height=int(canvas[0]), width=int(canvas[1]), red=moved[0], blue=moved[1],
+                   distractors=moved[2:])
+
+
 def _polygon(obj: SceneObject, sy: float, sx: float) -> list[tuple[float, float]] | None:
     """Vertices in supersampled pixels, or None for a circle (drawn as an ellipse). Regular shapes
     around (x, y), so each mask's centroid is the object's centre."""

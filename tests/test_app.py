@@ -17,10 +17,13 @@ from PIL import Image
 from app_server import serve
 from conftest import small_config
 from lens import texts
+from lens.tabs.inputs import notice
 from lens.tabs.model import BUNDLED, RANDOM, UPLOADED
 from lens.ui import build_app
 from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
-from rvt.assets import BUNDLED_CHECKPOINT
+from rvt.assets import BUNDLED_CHECKPOINT, EXAMPLES
+from rvt.faithfulness import clear_caches
+from rvt.photolike import non_garment_set
 from rvt.preprocess import read_image
 
 
@@ -218,6 +221,44 @@ def test_a_new_image_clears_old_results_and_a_refused_one_clears_everything(clie
     for api_name, args in (("/layer", (0, 0, True)), ("/export", ())):
         with pytest.raises(AppError, match="Upload an image"):
             client.predict(*args, api_name=api_name)
+
+
+def test_faithfulness_scorecard_through_the_api_and_cleared_by_a_new_image(client, server, images):
+    predict(client, images / "garment.png")
+    clear_caches()  # the export of an earlier test scored this image already
+    passes = server[1].passes
+    note, table, curves, randomised = client.predict("black", None, api_name="/faithfulness")
+    assert "Scored for" in note and "Failing the randomisation check" in note and "CPU time" in note
+    assert all(Image.open(p).width > 500 for p in (table, curves, randomised))
+    assert "from the cache" in client.predict("black", None, api_name="/faithfulness")[0]
+    assert server[1].passes == passes + 2  # one borrowed replica per request, the second served from the cache
+    with pytest.raises(AppError, match="purple"):
+        client.predict("purple", None, api_name="/faithfulness")
+    client.predict(api_name="/cancel_faithfulness")  # nothing running: a hint, no error
+    predict(client, images / "other.png")
+    shown = panels(client)
+    assert shown["scorecard"] is None and not shown["scorecard note"]  # the old image's scorecard is gone
+
+
+def test_the_novelty_notice_is_the_python_apis(bundled_server, tmp_path):
+    """The notice beside the prediction is `bundle.novelty` of the same file, flagged or not."""
+    client = Client(bundled_server[0], verbose=False)
+    bundle = load_checkpoint(BUNDLED_CHECKPOINT, "cpu")
+    strangers = []
+    for i, image in enumerate(non_garment_set(6, seed=5)):
+        image.save(tmp_path / f"stranger{i}.png")
+        strangers.append(tmp_path / f"stranger{i}.png")
+    flags = []
+    for path in [*sorted(EXAMPLES.glob("*.png"))[:3], *strangers]:
+        expected = bundle.novelty(read_image(path))
+        predict(client, path)
+        values = client.predict(5, 0, True, "mean", 0.0, None, api_name="/predict_panels")
+        api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/predict_panels"]
+        shown = dict(zip([r["label"] for r in api["returns"]], values, strict=True))["novelty notice"]
+        assert shown == notice(expected), path.name
+        flags.append(expected.flag)
+    assert flags[:3] == [False] * 3 and any(flags[3:])  # the examples pass, some non-garments are flagged
+    assert "Unlike the training data" in notice(bundle.novelty(read_image(strangers[flags[3:].index(True)])))
 
 
 @pytest.mark.parametrize("name,message", [

@@ -120,3 +120,48 @@ def test_uploads_one_pass_each_then_every_tab(tmp_path):
             assert hosts <= {"127.0.0.1", "localhost"}, f"the page fetched from elsewhere: {hosts}"
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_faithfulness_and_the_scene_editor(tmp_path):
+    """The scorecard runs from its button; the scene editor draws on opening, and a click moves an object."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with serve(BUNDLED_CHECKPOINT) as (url, service), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            page.locator("#input-img input[type=file]").set_input_files(str(sorted(EXAMPLES.glob("*.png"))[6]))
+            expect(page.locator("#novelty")).to_contain_text("Like the training data", timeout=30_000)
+            for tab in ("Faithfulness", "Scenes"):  # every tab is in the bar, none hidden in an overflow menu
+                expect(page.get_by_role("tab", name=tab, exact=True)).to_be_visible()
+            page.get_by_role("tab", name="Faithfulness", exact=True).click()
+            page.get_by_role("button", name="Score every map").click()
+            for element in ("#faith-table img", "#faith-curves img", "#faith-random img"):
+                expect(page.locator(element)).to_be_visible(timeout=60_000)
+            expect(page.locator("#faith-note")).to_contain_text("Failing the randomisation check")
+            page.wait_for_timeout(800)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "tab-faithfulness.png"), full_page=True)
+
+            page.get_by_role("tab", name="Scenes", exact=True).click()
+            scene = page.locator("#scene-img img")
+            expect(scene).to_be_visible(timeout=30_000)
+            expect(page.locator("#scene-truth")).to_contain_text("Truth: red below blue")  # test scene 0
+            box = scene.bounding_box()
+            for which, x in (("blue", 0.2), ("red", 0.85)):  # blue to the left edge, red to the right one
+                page.locator("#scene-click-moves").get_by_text(which, exact=True).click()
+                before = scene.get_attribute("src")
+                scene.click(position={"x": box["width"] * x, "y": box["height"] * 0.5})
+                expect(scene).not_to_have_attribute("src", before, timeout=30_000)
+            expect(page.locator("#scene-truth")).to_contain_text("Truth: red right of blue", timeout=30_000)
+            expect(page.locator("#scene-pred")).to_contain_text("red right of blue")
+            rotary_map = page.locator("#scene-map img").get_attribute("src")
+            page.get_by_test_id("no position-radio-label").click()  # the same scene, the blind model
+            expect(page.locator("#scene-map img")).not_to_have_attribute("src", rotary_map, timeout=30_000)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(ARTIFACTS / "tab-scenes.png"), full_page=True)
+            assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+        finally:
+            browser.close()

@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import small_config
 from lens.service import Cancelled, LensService, RandomSpec, ServerLimits, SessionExpired, UserError
 from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
+from rvt.faithfulness import FaithfulnessConfig, clear_caches, scorecard
 from rvt.preprocess import ImageInputError, read_image
 
 
@@ -231,3 +232,48 @@ def test_unexpected_errors_reach_the_visitor_as_an_id(caplog):
     incident = re.search(r"id ([0-9a-f]{8})", message).group(1)
     assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)  # the detail is in the log
     assert visitor_message(UserError("\x1b[31mred\x1b[0m words.")) == "red words."
+
+
+def test_faithfulness_is_the_python_apis_scorecard_and_a_cancellable_job(checkpoint, garment):
+    service = make(checkpoint)
+    sid = service.open_session()
+    with pytest.raises(UserError, match="Upload an image"):
+        service.faithfulness(sid)
+    analysis = service.analyze(sid, garment)
+    with pytest.raises(UserError, match="unknown fill 'purple'"):
+        service.faithfulness(sid, "purple")
+    clear_caches()
+    outcome = {}
+
+    def run():
+        try:
+            service.faithfulness(sid, "blur")
+            outcome["result"] = "finished"
+        except Cancelled as e:
+            outcome["result"] = str(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while service.session(sid).job is None:
+        time.sleep(0.005)
+    assert service.cancel(sid)
+    thread.join(30)
+    assert outcome["result"] == "Cancelled."
+    card = service.faithfulness(sid, "black", target=3)
+    clear_caches()  # the direct call below computes everything again
+    bundle = load_checkpoint(checkpoint, "cpu")
+    direct = scorecard(bundle.model, analysis.input, 3, bundle.preprocess, FaithfulnessConfig(fills=("black",)))
+    assert card is not direct and card.methods == direct.methods and card.target == direct.target == 3
+    for method in card.methods:
+        assert card.row(method) == pytest.approx(direct.row(method), nan_ok=True), method
+
+
+def test_the_analysis_carries_the_novelty_of_the_python_api(checkpoint, garment):
+    """Without statistics beside the checkpoint the notice says so and flags nothing (energy score)."""
+    service = make(checkpoint)
+    sid = service.open_session()
+    analysis = service.analyze(sid, garment)
+    expected = load_checkpoint(checkpoint, "cpu").novelty(read_image(garment))
+    assert analysis.novelty.score == pytest.approx(expected.score, abs=1e-5)
+    assert analysis.novelty.flag is None and "no novelty statistics" in analysis.novelty.reason
+    assert service.whatif(sid, {0: [0]}, []).novelty is None  # a what-if re-run says nothing about the input

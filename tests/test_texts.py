@@ -62,6 +62,7 @@ def test_aliasing_is_described_the_right_way_round():
 
 
 def test_the_header_names_what_needs_further_passes():
-    for needs_a_pass in ("gradient rollout", "attributions", "what-if", "export"):
+    for needs_a_pass in ("gradient rollout", "attributions", "faithfulness scorecard", "what-if", "band switch-off",
+                         "resolution sweep", "export"):
         assert needs_a_pass in texts.HEADER
     assert "class-agnostic" in texts.ROLLOUT and "heads fused the same way" in texts.ROLLOUT

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from lens.service import LensService
+from lens.service import LensService, UserError
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Part:
     api = ""  # api_name of the tab's select event
     lazy = False  # draw only while visible: the tab's select event draws it when opened
     redraw = True  # False: its outputs are results of an explicit action, cleared on a new analysis
+    opened: tuple | None = None  # (fn, inputs, outputs) run after the tab's select event, e.g. a first draw
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -70,3 +71,12 @@ def positional(fn: Callable[[dict], Any], components: list, names: list[str]) ->
     call.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])
     call.__name__ = getattr(fn, "__name__", "handler")
     return call
+
+
+def click_point(index, width: int, height: int) -> tuple[float, float]:
+    """A select event's (x, y) checked against the image it clicked: the browser sends it, so any
+    client can send anything."""
+    if (not isinstance(index, list | tuple) or len(index) != 2 or not all(isinstance(v, int | float) for v in index)
+            or not (0 <= index[0] < width and 0 <= index[1] < height)):
+        raise UserError(f"a click must be a point (x, y) inside the {width}x{height} image, not {index!r}")
+    return float(index[0]), float(index[1])

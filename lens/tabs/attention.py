@@ -6,7 +6,7 @@ import gradio as gr
 from lens import texts
 from lens.errors import guarded
 from lens.service import UserError
-from lens.tabs import Part
+from lens.tabs import Part, click_point
 from viz import panels
 
 
@@ -84,12 +84,7 @@ class AttentionPart(Part):
         def pick(session, layer, head, shared_scale, evt: gr.SelectData):
             analysis = service.current(session)
             width, height = panels.head_overlay(analysis, 0, 0).size
-            index = evt.index
-            if (not isinstance(index, list | tuple) or len(index) != 2
-                    or not all(isinstance(v, int | float) for v in index)
-                    or not (0 <= index[0] < width and 0 <= index[1] < height)):
-                raise UserError(f"a click must be a point (x, y) inside the {width}x{height} image, not {index!r}")
-            x, y = index
+            x, y = click_point(evt.index, width, height)
             grid_h, grid_w = analysis.grid
             service.pick_query(session, int(y * grid_h / height), int(x * grid_w / width))
             return self.draw(session, dict(zip(inputs, (session, layer, head, shared_scale), strict=True)))

@@ -1,4 +1,5 @@
-"""The left column: the upload, the examples, the prediction, what the model sees, the resolution."""
+"""The left column: the upload, the examples, the prediction and its novelty notice, what the model sees,
+the resolution."""
 from __future__ import annotations
 
 import gradio as gr
@@ -42,13 +43,14 @@ class InputPart(Part):
             gr.Examples([[str(p)] for p in EXAMPLES], inputs=[self.image], label="Fashion-MNIST test images",
                         examples_per_page=10)
         self.label = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
+        self.notice = gr.Markdown(label="novelty notice", elem_id="novelty")
         self.seen = gr.Image(label="what the model sees (after preprocessing)", elem_id="seen-img",
                              interactive=False, format="png", height=160)
         with gr.Accordion("Inference resolution", open=False):
             gr.Markdown(texts.RESOLUTION)
             self.height = gr.Slider(label="height (px)", elem_id="height", **self.size_kwargs(bundle))
             self.width = gr.Slider(label="width (px)", elem_id="width", **self.size_kwargs(bundle, axis=1))
-        self.outputs = [self.label, self.seen]
+        self.outputs = [self.label, self.notice, self.seen]
         self.model_controls = [self.height, self.width]
         ctx.shared.update(image=self.image, height=self.height, width=self.width)
 
@@ -60,6 +62,21 @@ class InputPart(Part):
         return {self.height: gr.Slider(**self.size_kwargs(bundle)),
                 self.width: gr.Slider(**self.size_kwargs(bundle, axis=1))}
 
+    def clear(self) -> dict:
+        return {**super().clear(), self.notice: ""}
+
     def draw(self, sid, values):
         analysis = self.ctx.service.current(sid)
-        return {self.label: dict(analysis.top(5)), self.seen: enlarge(analysis.image)}
+        return {self.label: dict(analysis.top(5)), self.notice: notice(analysis.novelty),
+                self.seen: enlarge(analysis.image)}
+
+
+def notice(found) -> str:
+    """The "unlike my training data" notice in plain words, with its score (rvt.novelty)."""
+    if found is None:
+        return ""
+    if found.flag:
+        return f"**⚠ Unlike the training data.** {found.reason}"
+    if found.flag is None:
+        return f"*{found.reason}*"
+    return f"**Like the training data.** {found.reason}"
