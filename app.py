@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="memory the cached analyses of all sessions may take together (e.g. 1GB); the least "
                         "recently used are freed first")
     p.add_argument("--job-timeout", type=float, default=float(env("RVT_JOB_TIMEOUT", defaults.job_timeout)),
-                   help="seconds an attribution or export may run before it is stopped")
+                   help="seconds a heavy job (attribution, scorecard, scene scoring, sweep, export) may run "
+                        "before it is stopped")
     return p.parse_args(argv)
 
 

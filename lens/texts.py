@@ -51,43 +51,44 @@ the plain gradient. *Occlusion* replaces windows with the baseline and records t
 score. *GradientShap* averages gradients from random points between baselines and the input.
 *SmoothGrad* averages any of them over noisy copies. The figure's title names the baseline used."""
 
-FAITHFULNESS = """**Faithfulness: which map can be trusted for this image.** Every map the app draws (attention
-rollout with each head fusion, gradient rollout, the last layer's CLS attention, Integrated Gradients,
-Saliency, Occlusion, GradientShap, SmoothGrad, SmoothGrad squared, VarGrad) and a random patch order as
-the floor, scored for the chosen class. *Deletion*: patches replaced by the fill in the map's order,
-most important first; the class probability should fall fast (lower area is better). *Insertion*: patches
-put back onto the fill in that order (higher area is better). *Randomisation check* (Adebayo et al.
-2018): the model's weights are re-initialised from the classifier head down, one stage at a time, and
-each map is compared with the trained model's by Spearman rank correlation; a map that stays the same
-explains the input, not the model, and fails. *Infidelity* and *sensitivity* come from `captum.metrics`.
-The metrics can disagree: read the columns together. Scoring runs further model passes, with progress
-and Cancel; a second look at the same image, class and fill is served from a cache."""
+FAITHFULNESS = """**Faithfulness: which map can be trusted for this image.** Every kind of map the app draws,
+at the scorecard's own settings (attention rollout with each head fusion, gradient rollout, the last layer's
+CLS attention averaged over heads, Integrated Gradients with 16 steps, Saliency, Occlusion, GradientShap,
+SmoothGrad over Saliency), plus SmoothGrad squared and VarGrad (two more noise-tunnel reductions) and a random
+patch order as the floor, scored for the chosen class. *Deletion*: patches replaced by the fill in the map's
+order, most important first; the class probability should fall fast (lower area is better). *Insertion*:
+patches put back onto the fill in that order (higher area is better). *Randomisation check* (Adebayo et al.
+2018): the model's weights are re-initialised from the classifier head down, one stage at a time, and each map
+is compared with the trained model's by Spearman rank correlation; a map that stays the same explains the
+input, not the model, and fails. *Infidelity* and *sensitivity* come from `captum.metrics`. The metrics can
+disagree: read the columns together. Scoring runs further model passes, with progress and Cancel; a second
+look at the same image, class and fill is served from a cache."""
 
 FAITHFULNESS_RESULT = """Scored for **{label}** ({timing}); fill: {fill}; attribution baseline: {baseline}.
-Failing the randomisation check: {failing}."""
+Failing the randomisation check: {failing} (the random floor fails it by construction: its order is fixed)."""
 
 WHATIF = """**What-if.** Switch off heads (their output is zeroed before the output projection) or the rotary
 rotation in some layers, re-run, and compare with the original prediction and attention. A large change
 means the model relies on them. Switching rotary off does **not** remove all position information: the
 depthwise-conv queries still see position through the zero padding at the borders."""
 
-SCENES = """**Scenes: a task where position is the answer.** A red and a blue object and a few distractors; the
-class is where the red object sits relative to the blue one. Three RvT models were trained on these scenes,
-identical except for where position can come from: *rotary + conv queries*, *conv queries only* (position
-only through the conv queries' zero padding) and *no position*, which sees a set of patches and so stays at
-chance (25%). Move the objects with the sliders or by clicking the scene, add or remove distractors, draw a
-new random scene (from the test seed, never seen in training), switch models, and render at the training
-size, zoomed (the same scene larger) or extended (the same objects on a larger canvas): rotary angles
-measure offsets as a share of the image, so the rotary model survives zoom but not extend, and the
-conv-only model the other way round (accuracies in `assets/SCENES_MODEL_CARD.md`)."""
+SCENES = """**Scenes: a task where position is the answer.** A red and a blue object and a few distractors;
+the class is where the red object sits relative to the blue one. Three RvT models were trained on these
+scenes, identical except for where position can come from: *rotary + conv queries*, *conv queries only*
+(position only through the conv queries' 5x5 neighbourhood and zero padding) and *no position*, which sees a
+set of patches and so stays at chance (25%). Move the objects with the sliders or by clicking the scene, add
+or remove distractors, draw a new random scene (from the test seed, never seen in training), switch models,
+and render at the training size, zoomed (the same scene larger) or extended (the same objects on a larger
+canvas): rotary angles measure offsets as a share of the image, so the rotary model survives zoom but not
+extend, and the conv-only model the other way round (accuracies in `assets/SCENES_MODEL_CARD.md`)."""
 
-SCENES_METHODS = """**Scored against the truth** (CLEVR-XAI's measures, for the predicted class): *mass* is the share
-of the map's positive relevance inside the red and blue objects' masks, *rank accuracy* the share of the
-K most relevant pixels inside them (K = the masks' size). A uniform map scores the masks' area share on
-both, the random patch order about the same. The table above scores the attention maps on every edit;
-the button below scores every method of the Faithfulness tab on this scene. *Heads with a job*: each
-head's attention mass on the key objects over 200 test scenes, and the accuracy with the two most
-object-focused heads silenced, against the two least focused and two random heads."""
+SCENES_METHODS = """**Scored against the truth** (CLEVR-XAI's measures, for the predicted class): *mass* is
+the share of the map's positive relevance inside the red and blue objects' masks, *rank accuracy* the share of
+the K most relevant pixels inside them (K = the masks' size). A uniform map scores the masks' area share on
+both, the random patch order about the same. The table above scores the attention maps on every edit; the
+button below scores every method of the Faithfulness tab on this scene. *Heads with a job*: each head's
+attention mass on the key objects over 200 test scenes, and the accuracy with the two most object-focused
+heads silenced, against the two least focused and two random heads."""
 
 SCENE_TRUTH = """Truth: **{truth}**; the model's top class ({top}, {p:.0%}) is {verdict}. Distractors: {distractors}."""
 

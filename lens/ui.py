@@ -1,9 +1,10 @@
 """The page: composes the parts, runs one analysis per upload and redraws every part from it.
 
 Queue lanes (Gradio concurrency ids) keep visitors from waiting on each other: "pass" for the model
-passes an upload or a what-if needs, "heavy" for attributions, scorecards, the resolution sweep and
-exports (one per session at a time, refused at once otherwise, and stopped by their time limit or a
-cancel), and Gradio's default lane for renders, which run no model.
+passes an upload, a what-if, the lab's band switch-off or a scene edit needs, "heavy" for attributions,
+scorecards, scene scoring, the resolution sweep and exports (one per session at a time, refused at once
+otherwise, and stopped by their time limit or a cancel), and Gradio's default lane for renders, which
+run no model.
 """
 from __future__ import annotations
 
@@ -119,8 +120,8 @@ def _wire_analysis(ctx: Context, inputs: InputPart, model: ModelPart, parts: lis
     for part, tab in tabs:
         selected = tab.select(guarded(part.handler(_opened(ctx, part))), [ctx.session, *part.inputs],
                               [ctx.visible, *part.outputs], api_name=part.api)
-        if part.opened:
-            selected.then(*part.opened, api_name=f"{part.api}_draw")
+        if part.opened:  # a first draw that runs the model, e.g. the Scenes tab's scene model
+            selected.then(*part.opened, api_name=f"{part.api}_draw", concurrency_id="pass")
 
 
 def _opened(ctx: Context, part):

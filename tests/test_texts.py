@@ -66,3 +66,27 @@ def test_the_header_names_what_needs_further_passes():
                          "resolution sweep", "export"):
         assert needs_a_pass in texts.HEADER
     assert "class-agnostic" in texts.ROLLOUT and "heads fused the same way" in texts.ROLLOUT
+
+
+def test_the_faithfulness_and_scene_texts_name_what_the_code_runs():
+    """FAITHFULNESS lists the scorecard's methods at its settings; SCENES_METHODS and SCENE_SILENCING state
+    the defaults the Scenes tab's buttons pass."""
+    import inspect
+
+    from lens.service import LensService
+    from rvt.faithfulness import ALL_METHODS, FILLS, MapSettings
+    from rvt.groundtruth import silencing
+
+    text = " ".join(texts.FAITHFULNESS.split())
+    for method in ALL_METHODS:
+        name = method.split(" (")[0]  # "Attention rollout (mean)" -> every fusion is named by the sentence
+        assert name.lower() in text.lower() or name == "random", method
+    assert "each head fusion" in text and "random patch order" in text
+    assert f"Integrated Gradients with {MapSettings().ig_steps} steps" in text
+    assert all(f"*{fill}*" not in text for fill in FILLS)  # the fills are a control, named there
+    defaults = inspect.signature(LensService.scene_heads).parameters
+    scenes = " ".join(texts.SCENES_METHODS.split())
+    assert f"over {defaults['count'].default} test scenes" in scenes
+    assert {2: "two"}[defaults["k"].default] + " most object-focused heads" in scenes
+    controls = inspect.signature(silencing).parameters["controls"].default
+    assert f"mean of {controls} draws" in texts.SCENE_SILENCING

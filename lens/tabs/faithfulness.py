@@ -12,7 +12,7 @@ from lens import texts
 from lens.errors import guarded
 from lens.tabs import Part
 from lens.tabs.rollout import class_choices
-from rvt.faithfulness import FILLS
+from rvt.faithfulness import FILLS, RANDOM
 from viz.faithfulness import curves_panel, randomization_panel, scorecard_panel
 
 
@@ -54,8 +54,8 @@ class FaithfulnessPart(Part):
             progress(0.0, desc="scorecard")
             card = service.faithfulness(sid, fill, target, progress=lambda f: progress(f, desc="scorecard"))
             label = service.current(sid).labels[card.target]
-            failing = [m for m in card.methods if not card.randomization.passes(m)]
-            timing = f"{card.seconds:.1f} s of CPU time" if card.seconds else "from the cache"
+            failing = [m for m in card.methods if m != RANDOM and not card.randomization.passes(m)]
+            timing = f"{card.seconds:.1f} s of the scoring thread's CPU time" if card.seconds else "from the cache"
             note = texts.FAITHFULNESS_RESULT.format(
                 label=label, timing=timing, fill=card.fill, baseline=card.baseline,
                 failing=", ".join(failing) if failing else "none")

@@ -230,14 +230,15 @@ class ScenesPart(Part):
         sliders = list(self.sliders.values())
         self.opened = (redraw, inputs, outputs)  # lens.ui runs it when the tab is opened
         for control, name in zip(settings, ("scene_model", "scene_view", "scene_map", "scene_masks"), strict=True):
-            control.input(redraw, inputs, outputs, api_name=name)
+            control.input(redraw, inputs, outputs, api_name=name, concurrency_id="pass")
         for slider in sliders:
             slider.release(move, [self.spec, *sliders, *settings], outputs, api_name="scene_move",
-                           trigger_mode="always_last")
-        self.scene_img.select(click, [self.spec, self.click_moves, *settings], outputs, api_name="scene_click")
-        self.random.click(new_random, inputs, outputs, api_name="scene_random")
-        self.add.click(add, inputs, outputs, api_name="scene_add")
-        self.remove.click(remove, inputs, outputs, api_name="scene_remove")
+                           trigger_mode="always_last", concurrency_id="pass")
+        self.scene_img.select(click, [self.spec, self.click_moves, *settings], outputs, api_name="scene_click",
+                              concurrency_id="pass")
+        self.random.click(new_random, inputs, outputs, api_name="scene_random", concurrency_id="pass")
+        self.add.click(add, inputs, outputs, api_name="scene_add", concurrency_id="pass")
+        self.remove.click(remove, inputs, outputs, api_name="scene_remove", concurrency_id="pass")
         scored = self.all_methods.click(score_all, [ctx.session, self.spec, self.model, self.view],
                                         [ctx.session, self.all_scores], api_name="scene_scores",
                                         concurrency_id="heavy")
