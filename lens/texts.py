@@ -94,8 +94,9 @@ SCENE_TRUTH = """Truth: **{truth}**; the model's top class ({top}, {p:.0%}) is {
 
 SCENE_ALL_METHODS = """Every method on this scene, **{model}** (best real method in bold):"""
 
-SCENE_SILENCING = """Silencing the {k} heads with the most mass on the key objects, the {k} with the least, and {k}
-random heads (mean of 5 draws):"""
+SCENE_SILENCING = """**{model}**: silencing the {k} heads with the most mass on the key objects, the {k} with the
+least, and {k} random heads (mean of 5 draws). Where the top heads matter less than random ones, the
+task is spread over many heads:"""
 
 EXPORT = """**Export** writes every panel as PNG, a `summary.json` (prediction, per-head statistics, aliasing
 bands, the faithfulness scorecard under `"faithfulness"`) and the captured tensors (`tensors.npz`:

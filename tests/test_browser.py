@@ -133,7 +133,7 @@ def test_faithfulness_and_the_scene_editor(tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url)
             page.locator("#input-img input[type=file]").set_input_files(str(sorted(EXAMPLES.glob("*.png"))[6]))
-            expect(page.locator("#novelty")).to_contain_text("Like the training data", timeout=30_000)
+            expect(page.locator("#novelty")).to_contain_text("No sign that it is unlike", timeout=30_000)
             for tab in ("Faithfulness", "Scenes"):  # every tab is in the bar, none hidden in an overflow menu
                 expect(page.get_by_role("tab", name=tab, exact=True)).to_be_visible()
             page.get_by_role("tab", name="Faithfulness", exact=True).click()

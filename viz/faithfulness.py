@@ -73,7 +73,7 @@ def randomization_figure(card: Scorecard) -> Figure:
     ax = fig.add_axes((0.06, 0.2, 0.6, 0.7))
     xs = np.arange(len(result.stages) + 1)
     for method in card.methods:
-        mark = "pass" if result.passes(method) else "FAIL"
+        mark = "floor" if method == RANDOM else ("pass" if result.passes(method) else "FAIL")
         ax.plot(xs, [1.0, *result.spearman[method]], marker="o", markersize=3, color=colours[method],
                 label=f"{mark}  {result.mean_abs(method):.2f}  {method}", **_style(method))
     ax.axhline(result.threshold, color="grey", linewidth=0.8, linestyle=":")
@@ -114,8 +114,9 @@ def scorecard_figure(card: Scorecard, label: str | None = None) -> Figure:
         ax.text(x, top, text, fontsize=8, weight="bold", va="top")
     for r, (method, row) in enumerate(rows, start=1):
         y = top - r * line
+        check = "floor" if method == RANDOM else _cell(row["passes_randomization"])
         cells = [method, _cell(row["deletion_auc"]), _cell(row["insertion_auc"]),
-                 _cell(row["randomization_spearman"]), _cell(row["passes_randomization"]),
+                 _cell(row["randomization_spearman"]), check,
                  _cell(row["infidelity"]), _cell(row["sensitivity"])]
         keys = [None, "deletion_auc", "insertion_auc", "randomization_spearman", None, "infidelity", "sensitivity"]
         for x, text, key in zip(x_cols, cells, keys):

@@ -32,10 +32,11 @@ class FaithfulnessPart(Part):
             self.run = gr.Button("Score every map", variant="primary")
             self.stop = gr.Button("Cancel", variant="stop")
         self.note = gr.Markdown(label="scorecard note", elem_id="faith-note")
-        self.table_img = gr.Image(label="scorecard", elem_id="faith-table", interactive=False, format="png")
-        self.curves_img = gr.Image(label="deletion and insertion curves", elem_id="faith-curves",
+        self.table_img = gr.Image(label="scorecard", elem_id="faith-table", show_label=False, interactive=False,
+                                  format="png")
+        self.curves_img = gr.Image(label="deletion and insertion curves", elem_id="faith-curves", show_label=False,
                                    interactive=False, format="png")
-        self.random_img = gr.Image(label="model-randomisation check", elem_id="faith-random",
+        self.random_img = gr.Image(label="model-randomisation check", elem_id="faith-random", show_label=False,
                                    interactive=False, format="png")
         self.outputs = [self.note, self.table_img, self.curves_img, self.random_img]
         self.model_controls = [self.target]

@@ -79,4 +79,4 @@ def notice(found) -> str:
         return f"**⚠ Unlike the training data.** {found.reason}"
     if found.flag is None:
         return f"*{found.reason}*"
-    return f"**Like the training data.** {found.reason}"
+    return f"**No sign that it is unlike the training data.** {found.reason}"

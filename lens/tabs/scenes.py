@@ -113,15 +113,15 @@ class ScenesPart(Part):
             self.add = gr.Button("Add a distractor")
             self.remove = gr.Button("Remove a distractor")
         with gr.Row():
-            self.scene_img = gr.Image(label="scene (click to move an object)", elem_id="scene-img",
+            self.scene_img = gr.Image(label="scene", elem_id="scene-img",
                                       interactive=False, format="png", height=280)
-            self.map_img = gr.Image(label="map (predicted class)", elem_id="scene-map", interactive=False,
+            self.map_img = gr.Image(label="map", elem_id="scene-map", interactive=False,
                                     format="png", height=280)
             with gr.Column():
                 self.label = gr.Label(num_top_classes=4, label="prediction", elem_id="scene-pred")
                 self.truth = gr.Markdown(elem_id="scene-truth")
         self.heads_img = gr.Image(label="CLS attention of the last layer, per head", elem_id="scene-heads",
-                                  interactive=False, format="png")
+                                  show_label=False, interactive=False, format="png")
         self.scores = gr.Markdown(elem_id="scene-scores")
         gr.Markdown(texts.SCENES_METHODS)
         with gr.Row():
@@ -131,9 +131,9 @@ class ScenesPart(Part):
         self.all_scores = gr.Markdown(elem_id="scene-all-scores")
         with gr.Row():
             self.mass_cls = gr.Image(label="per-head mass on the key objects, CLS query", interactive=False,
-                                     format="png", elem_id="scene-mass-cls")
-            self.mass_patches = gr.Image(label="per-head mass on the key objects, patch queries",
-                                         interactive=False, format="png", elem_id="scene-mass-patches")
+                                     format="png", elem_id="scene-mass-cls", show_label=False)
+            self.mass_patches = gr.Image(label="per-head mass on the key objects, patch queries", interactive=False,
+                                         format="png", elem_id="scene-mass-patches", show_label=False)
         self.silenced = gr.Markdown(elem_id="scene-silenced")
         self.view_outputs = [self.scene_img, self.map_img, self.label, self.truth, self.heads_img, self.scores,
                              self.all_scores, *self.sliders.values()]
@@ -218,7 +218,7 @@ class ScenesPart(Part):
             return {ctx.session: sid,
                     self.mass_cls: head_mass_image(found.mass["cls"], uniform, f"{model}, CLS query"),
                     self.mass_patches: head_mass_image(found.mass["patches"], uniform, f"{model}, patch queries"),
-                    self.silenced: texts.SCENE_SILENCING.format(k=found.k) + "\n\n"
+                    self.silenced: texts.SCENE_SILENCING.format(k=found.k, model=model) + "\n\n"
                                    + silencing_table(found.silencing, found.count)}
 
         @guarded

@@ -45,8 +45,9 @@ class WhatIfPart(Part):
             self.label = gr.Label(num_top_classes=5, label="prediction after")
             self.table = gr.Markdown(label="what-if table")
         self.before_img = gr.Image(label="attention before (layer from the Attention tab)", interactive=False,
-                                   format="png", elem_id="before-img")
-        self.after_img = gr.Image(label="attention after", interactive=False, format="png", elem_id="after-img")
+                                   format="png", elem_id="before-img", show_label=False)
+        self.after_img = gr.Image(label="attention after", interactive=False, format="png", elem_id="after-img",
+                                  show_label=False)
         self.outputs = [self.label, self.table, self.before_img, self.after_img]
         self.model_controls = [self.heads_off, self.rotary_off]
 
