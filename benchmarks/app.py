@@ -103,7 +103,7 @@ def wait_until_free(session: Callable[[], None], deadline: float) -> float | Non
         try:
             session()
             return start
-        except (AppError, CallError) as e:
+        except (AppError, CallError, NoAnswer) as e:
             if BUSY not in str(e).lower():
                 raise
         time.sleep(0.1)
@@ -115,7 +115,7 @@ def job_running(attribution: Callable[[], None]) -> bool:
     try:
         attribution()
         return False
-    except (AppError, CallError) as e:
+    except (AppError, CallError, NoAnswer) as e:
         if BUSY not in str(e).lower():
             raise
         return True
@@ -129,8 +129,18 @@ def start_heavy(url: str, size: int, steps: int) -> tuple[Client, object]:
     return b, job
 
 
-def probe(client: Client) -> Callable[[], None]:
-    return lambda: client.predict(method="Saliency", steps=4, smooth=False, target=None, api_name="/attribution")
+class NoAnswer(Exception):
+    """A probe got no answer in time: counted as the session still being busy."""
+
+
+def probe(client: Client, timeout: float = 20.0) -> Callable[[], None]:
+    def run():
+        job = client.submit(method="Saliency", steps=4, smooth=False, target=None, api_name="/attribution")
+        try:
+            job.result(timeout=timeout)
+        except TimeoutError:
+            raise NoAnswer(f"{BUSY}: no answer in {timeout:g} s") from None
+    return run
 
 
 def isolation_and_cancel(server: Server, args) -> None:
@@ -164,6 +174,15 @@ def isolation_and_cancel(server: Server, args) -> None:
     peak = server.peak_mb()
     idle += samples(predict, half, 0)
     idle_client += samples(client_predict, half, 0)
+    idle_p, busy_p = percentiles(idle), percentiles(busy)
+    idle_c, busy_c = percentiles(idle_client), percentiles(busy_client)
+    print(f"\nisolation: session A's /predict at 28 px; busy = session B runs IG + SmoothGrad, {args.steps} steps, "
+          f"at {args.attr_size}x{args.attr_size} px (still running after A's requests: {still_running}); "
+          f"server peak RSS during B's job {peak:.0f} MB")
+    print_table(["A's /predict", "idle p50 ms", "idle p95 ms", "busy p50 ms", "busy p95 ms", "p95 busy / idle",
+                 "target"],
+                [["HTTP", *ms(idle_p), *ms(busy_p), f"{busy_p[1] / idle_p[1]:.2f}x", "<= 2x"],
+                 ["gradio_client", *ms(idle_c), *ms(busy_c), f"{busy_c[1] / idle_c[1]:.2f}x", "<= 2x"]])
 
     cancels = [("Cancel endpoint (/cancel_attribution, same session)", start, ended, freed, f"job ended: {outcome}")]
     # cancel 2: gradio_client's Job.cancel() (Gradio's /cancel route, what the browser's cancel also sends)
@@ -176,7 +195,7 @@ def isolation_and_cancel(server: Server, args) -> None:
     note = f"running at cancel: {running}; job.status(): {job2.status().code.name}"
     cancels.append(("gradio_client Job.cancel()", start, None, freed, note))
     # cancel 3: the client goes away: its result stream is closed
-    c = HttpSession(server.url)
+    c = HttpSession(server.url, timeout=args.job_timeout + 30)  # a probe that gets no answer fails, not hangs
     c.call("predict", path=c.upload(EXAMPLE), height=args.attr_size, width=args.attr_size)
     event = c.submit("attribution", method="Integrated Gradients", steps=args.steps, smooth=True)
     with contextlib.suppress(httpx.ReadTimeout), httpx.Client(timeout=httpx.Timeout(60, read=3.0)) as reader, \
@@ -185,19 +204,14 @@ def isolation_and_cancel(server: Server, args) -> None:
             pass
     start = time.perf_counter()  # the connection is closed here
     c_probe = lambda: c.call("attribution", method="Saliency", steps=4)  # noqa: E731
-    running = job_running(c_probe)
-    freed = start if not running else wait_until_free(c_probe, start + args.job_timeout + 30)
-    cancels.append(("disconnect (result stream closed)", start, None, freed, f"running at disconnect: {running}"))
+    try:
+        running = job_running(c_probe)
+        freed = start if not running else wait_until_free(c_probe, start + args.job_timeout + 30)
+        note = f"running at disconnect: {running}"
+    except httpx.TimeoutException:
+        freed, note = None, f"the session's next request got no answer in {args.job_timeout + 30:g} s"
+    cancels.append(("disconnect (result stream closed)", start, None, freed, note))
 
-    idle_p, busy_p = percentiles(idle), percentiles(busy)
-    idle_c, busy_c = percentiles(idle_client), percentiles(busy_client)
-    print(f"\nisolation: session A's /predict at 28 px; busy = session B runs IG + SmoothGrad, {args.steps} steps, "
-          f"at {args.attr_size}x{args.attr_size} px (still running after A's requests: {still_running}); "
-          f"server peak RSS during B's job {peak:.0f} MB")
-    print_table(["A's /predict", "idle p50 ms", "idle p95 ms", "busy p50 ms", "busy p95 ms", "p95 busy / idle",
-                 "target"],
-                [["HTTP", *ms(idle_p), *ms(busy_p), f"{busy_p[1] / idle_p[1]:.2f}x", "<= 2x"],
-                 ["gradio_client", *ms(idle_c), *ms(busy_c), f"{busy_c[1] / idle_c[1]:.2f}x", "<= 2x"]])
     print(f"\ncancel: B's {args.steps}-step SmoothGrad job at {args.attr_size} px; time until it is gone "
           f"(B's next attribution accepted); server --job-timeout {args.job_timeout:g} s")
     print_table(["how", "job gone after s", "result reached the client after s", "note", "target"],

@@ -39,7 +39,7 @@ from PIL import Image
 from rvt import Bundle, ModelLimits, RvT, RvTConfig, load_checkpoint
 from rvt.analysis import Analysis, analyze, analyze_input, attention_gradients
 from rvt.assets import SCENE_CHECKPOINTS
-from rvt.budget import BudgetError, check_budget, largest_size
+from rvt.budget import BudgetError, check_budget, gradient_batch, largest_size
 from rvt.faithfulness import ATTENTION_METHODS, FILLS, RANDOM, FaithfulnessConfig, Scorecard, scorecard
 from rvt.groundtruth import TEST_SEED, head_object_mass, relevance_maps, score_methods, score_scene, silencing
 from rvt.preprocess import Preprocess, read_image
@@ -496,8 +496,9 @@ class LensService:
         data = self.session(sid)
         target = int(analysis.probs.argmax()) if target is None else self.check_class(data.bundle, target)
         with self.job(sid) as job, self._borrow(data) as replica:
+            batch = gradient_batch(data.bundle.config, tuple(analysis.input.shape[-2:]), self.limits.analysis_bytes)
             attr = attribute(replica.model, analysis.input.to(replica.device), target, method, int(steps),
-                             bool(smooth), progress=progress, baseline=baseline, preprocess=replica.preprocess,
+                             bool(smooth), batch, progress=progress, baseline=baseline, preprocess=replica.preprocess,
                              check=job.check)
         return attr.cpu(), target
 

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import zipfile
 
 import httpx
@@ -238,6 +239,30 @@ def test_faithfulness_scorecard_through_the_api_and_cleared_by_a_new_image(clien
     predict(client, images / "other.png")
     shown = panels(client)
     assert shown["scorecard"] is None and not shown["scorecard note"]  # the old image's scorecard is gone
+
+
+def running_jobs(service) -> int:
+    with service._lock:
+        return sum(data.job is not None for data in service._sessions.values())
+
+
+def test_gradio_cancel_stops_the_computation_not_just_the_event(client, server, images):
+    """Job.cancel() (Gradio's /cancel, what a closed page and the Cancel button's `cancels=` send too) ends
+    the event; the job's thread must stop as well, or the visitor's session stays busy until the time limit."""
+    service = server[1]
+    predict(client, images / "garment.png", 112, 112)
+    job = client.submit("Integrated Gradients", 128, "black", True, None, api_name="/attribution")
+    deadline = time.monotonic() + 30
+    while running_jobs(service) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running_jobs(service) == 1, "the attribution never started"
+    job.cancel()
+    deadline = time.monotonic() + 8  # uncancelled, the job runs over 30 s: 128 IG steps x 8 SmoothGrad samples
+    while running_jobs(service) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running_jobs(service) == 0, "the computation kept running after its event was cancelled"
+    assert Image.open(client.predict("Saliency", 4, "black", False, None, api_name="/attribution")).width > 100
+    predict(client, images / "garment.png")
 
 
 def test_the_novelty_notice_is_the_python_apis(bundled_server, tmp_path):

@@ -142,3 +142,28 @@ def test_attribution_figure_carries_the_note(model, garment):
     assert isinstance(noted, Image.Image) and noted.height > plain.height
     assert plt.get_fignums() == []
     assert set(METHODS) == {"Integrated Gradients", "Saliency", "Occlusion", "GradientShap"}
+
+
+def test_attribution_passes_hold_at_most_the_batch_the_budget_allows():
+    """Memory of an attribution grows with the images per pass: IG and GradientShap (which captum would
+    run in one batch of n_samples) stay within `batch_size`, and the service derives that from its budget."""
+    import torch
+
+    from conftest import small_config
+    from rvt import Preprocess, RvT
+    from rvt.budget import gradient_batch
+
+    torch.manual_seed(0)
+    model = RvT(**small_config(depth=1)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    x = torch.randn(1, 1, 28, 28)
+    for method in ("Integrated Gradients", "GradientShap"):
+        seen.clear()
+        attr = attribute(model, x, 0, method, steps=40, batch_size=8, preprocess=Preprocess())
+        assert attr.shape == x.shape and torch.isfinite(attr).all()
+        assert max(seen) <= 8 and sum(seen) >= 40, (method, seen)
+    config = RvT(**small_config(depth=6, heads=4)).config  # as deep and wide as the bundled model
+    assert gradient_batch(config, (28, 28), 10**9) == 64  # small inputs: captum's usual batch
+    assert 1 <= gradient_batch(config, (224, 224), 10**9) < gradient_batch(config, (112, 112), 10**9) < 64
+    assert gradient_batch(config, (448, 448), 10**8) == 1  # never zero: one image at a time

@@ -7,6 +7,7 @@ against a flat grey, the black background of a Fashion-MNIST image counts as evi
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -168,6 +169,23 @@ def _occlusion_window(x: torch.Tensor, occlusion: tuple[int, int] | None):
     return (x.shape[1], side, side), (x.shape[1], stride, stride)
 
 
+class _BatchedGradientShap(GradientShap):
+    """GradientShap that draws and differentiates its n_samples `batch` at a time (captum's runs them
+    all in one batch, so memory grows with the sample count) and averages the chunks by their size."""
+
+    def __init__(self, forward_func, batch: int):
+        super().__init__(forward_func)
+        self.batch = batch
+
+    def attribute(self, inputs, baselines, n_samples=5, **kwargs):
+        total = None
+        for start in range(0, n_samples, self.batch):
+            n = min(self.batch, n_samples - start)
+            part = super().attribute(inputs, baselines, n_samples=n, **kwargs) * n
+            total = part if total is None else total + part
+        return total / n_samples
+
+
 def _attribute(model, x, target, method, steps, nt_type, batch_size, progress, reference, occlusion, check):
     nt_samples = 8
     single = reference[:1]  # IG and Occlusion take one baseline; GradientShap samples from all of them
@@ -185,7 +203,8 @@ def _attribute(model, x, target, method, steps, nt_type, batch_size, progress, r
                                       "baselines": single, "perturbations_per_eval": batch_size}
     counted = _Counted(model, total * (nt_samples if nt_type else 1), progress, check)
     algorithm = {"Integrated Gradients": IntegratedGradients, "Saliency": Saliency,
-                 "GradientShap": GradientShap, "Occlusion": Occlusion}[method](counted)
+                 "GradientShap": functools.partial(_BatchedGradientShap, batch=batch_size),
+                 "Occlusion": Occlusion}[method](counted)
     if nt_type:
         algorithm = NoiseTunnel(algorithm)
         # NoiseTunnel owns the `stdevs` keyword: its input noise replaces GradientShap's.

@@ -7,11 +7,14 @@ result of an explicit action (attributions, what-if, export) are cleared instead
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import gradio as gr
 
 from lens.service import LensService, UserError
@@ -80,3 +83,21 @@ def click_point(index, width: int, height: int) -> tuple[float, float]:
             or not (0 <= index[0] < width and 0 <= index[1] < height)):
         raise UserError(f"a click must be a point (x, y) inside the {width}x{height} image, not {index!r}")
     return float(index[0]), float(index[1])
+
+
+def heavy(service: LensService, fn: Callable) -> Callable:
+    """A heavy job's handler fn(sid, ...) run on a worker thread that Gradio's cancel reaches.
+
+    Gradio stops an event (the Cancel button's `cancels=`, a client's /cancel, gradio_client's
+    Job.cancel()) by cancelling the coroutine that awaits it; a plain sync handler would keep
+    computing in its thread until done. Here the await gives up at once and sets the session's
+    cancel flag, which the job checks between steps, so the computation stops too.
+    """
+    @functools.wraps(fn)  # Gradio reads the signature through __wrapped__: gr.Progress is still injected
+    async def run(*args, **kwargs):
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), abandon_on_cancel=True)
+        except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
+            service.cancel(args[0])
+            raise
+    return run

@@ -5,7 +5,7 @@ import gradio as gr
 
 from lens import texts
 from lens.errors import guarded
-from lens.tabs import Part
+from lens.tabs import Part, heavy
 from lens.tabs.rollout import class_choices
 from viz.attributions import BASELINES, METHODS, attribution_figure, describe
 from viz.render import figure_to_image
@@ -56,7 +56,8 @@ class AttributionsPart(Part):
             if not service.cancel(sid):
                 gr.Info("No attribution is running.")
 
-        event = self.run.click(run, [ctx.session, self.method, self.steps, self.baseline, self.smooth, self.target],
+        job = heavy(service, run)
+        event = self.run.click(job, [ctx.session, self.method, self.steps, self.baseline, self.smooth, self.target],
                                self.attr_img, api_name="attribution", concurrency_id="heavy")
         self.stop.click(stop, [ctx.session], None, api_name="cancel_attribution", cancels=[event],
                         queue=False)

@@ -5,7 +5,7 @@ import gradio as gr
 
 from lens import texts
 from lens.errors import guarded
-from lens.tabs import Part
+from lens.tabs import Part, heavy
 
 
 class ExportPart(Part):
@@ -33,5 +33,5 @@ class ExportPart(Part):
         def stop(sid):
             service.cancel(sid)
 
-        event = self.run.click(run, [ctx.session], self.file, api_name="export", concurrency_id="heavy")
+        event = self.run.click(heavy(service, run), [ctx.session], self.file, api_name="export", concurrency_id="heavy")
         self.stop.click(stop, [ctx.session], None, api_name="cancel_export", cancels=[event], queue=False)

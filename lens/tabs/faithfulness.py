@@ -10,7 +10,7 @@ import gradio as gr
 
 from lens import texts
 from lens.errors import guarded
-from lens.tabs import Part
+from lens.tabs import Part, heavy
 from lens.tabs.rollout import class_choices
 from rvt.faithfulness import FILLS, RANDOM
 from viz.faithfulness import curves_panel, randomization_panel, scorecard_panel
@@ -68,6 +68,7 @@ class FaithfulnessPart(Part):
             if not service.cancel(sid):
                 gr.Info("No scorecard is running.")
 
-        event = self.run.click(run, [ctx.session, self.fill, self.target], self.outputs, api_name="faithfulness",
+        job = heavy(service, run)
+        event = self.run.click(job, [ctx.session, self.fill, self.target], self.outputs, api_name="faithfulness",
                                concurrency_id="heavy")
         self.stop.click(stop, [ctx.session], None, api_name="cancel_faithfulness", cancels=[event], queue=False)

@@ -21,7 +21,7 @@ from PIL import Image
 from lens import texts
 from lens.errors import guarded
 from lens.service import UserError
-from lens.tabs import Part, positional
+from lens.tabs import Part, heavy, positional
 from lens.tabs.whatif import layer_choices
 from rvt.preprocess import read_image
 from rvt.rotary_lab import (
@@ -362,6 +362,7 @@ class RotaryLabPart(Part):
             if not ctx.service.cancel(sid):
                 gr.Info("No sweep is running.")
 
-        event = self.sweep.click(sweep, [ctx.session], [self.sweep_img, self.sweep_note, self.result_for],
+        job = heavy(ctx.service, sweep)
+        event = self.sweep.click(job, [ctx.session], [self.sweep_img, self.sweep_note, self.result_for],
                                  api_name="resolution_sweep", concurrency_id="heavy")
         self.stop.click(stop, [ctx.session], None, api_name="cancel_sweep", cancels=[event], queue=False)

@@ -16,7 +16,7 @@ import gradio as gr
 from lens import texts
 from lens.errors import guarded
 from lens.service import LIVE_SCENE_METHODS, UserError
-from lens.tabs import Part, click_point
+from lens.tabs import Part, click_point, heavy
 from rvt.assets import SCENE_CHECKPOINTS
 from rvt.groundtruth import TEST_SEED, key_mask
 from rvt.scenes import BASE, Scene, SceneSpec, add_distractor, centred, random_spec, scene_seed
@@ -239,10 +239,10 @@ class ScenesPart(Part):
         self.random.click(new_random, inputs, outputs, api_name="scene_random", concurrency_id="pass")
         self.add.click(add, inputs, outputs, api_name="scene_add", concurrency_id="pass")
         self.remove.click(remove, inputs, outputs, api_name="scene_remove", concurrency_id="pass")
-        scored = self.all_methods.click(score_all, [ctx.session, self.spec, self.model, self.view],
+        scored = self.all_methods.click(heavy(service, score_all), [ctx.session, self.spec, self.model, self.view],
                                         [ctx.session, self.all_scores], api_name="scene_scores",
                                         concurrency_id="heavy")
-        found = self.head_jobs.click(heads, [ctx.session, self.model],
+        found = self.head_jobs.click(heavy(service, heads), [ctx.session, self.model],
                                      [ctx.session, self.mass_cls, self.mass_patches, self.silenced],
                                      api_name="scene_heads", concurrency_id="heavy")
         self.stop.click(stop, [ctx.session], None, api_name="cancel_scene_job", cancels=[scored, found], queue=False)
