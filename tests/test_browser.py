@@ -165,3 +165,37 @@ def test_faithfulness_and_the_scene_editor(tmp_path):
             assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_the_rotary_lab_with_no_image_then_with_one(tmp_path):
+    """The lab draws before any upload; moving a control redraws its figures; with an image shown, the
+    loaded model's head kernel and band usage appear."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with serve(BUNDLED_CHECKPOINT) as (url, service), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            page.get_by_role("tab", name="Rotary lab", exact=True).click()
+            steps = page.locator("#lab-steps img")
+            expect(steps).to_be_visible(timeout=30_000)
+            before = steps.get_attribute("src")
+            rows = page.locator("#lab-rows input[type=range]")
+            rows.focus()
+            rows.press("ArrowRight")  # 7 -> 8 rows: every step per patch changes
+            expect(steps).not_to_have_attribute("src", before, timeout=30_000)
+            expect(page.locator("#lab-head-img img")).to_have_count(0)  # no image yet: no model figures
+            assert service.passes == 0, "the lab without an image must not run the model"
+            page.locator("#input-img input[type=file]").set_input_files(str(sorted(EXAMPLES.glob("*.png"))[0]))
+            for element in ("#lab-head-img img", "#lab-usage-img img"):  # below the fold: lazy images
+                expect(page.locator(element)).to_have_count(1, timeout=30_000)
+                page.locator(element).scroll_into_view_if_needed()
+                expect(page.locator(element)).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(800)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "tab-rotary-lab.png"), full_page=True)
+            assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+        finally:
+            browser.close()

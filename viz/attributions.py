@@ -185,6 +185,8 @@ class _BatchedGradientShap(GradientShap):
             total = part if total is None else total + part
         return total / n_samples
 
+    attribute.__wrapped__ = attribute  # NoiseTunnel calls the undecorated method through __wrapped__, as captum's are
+
 
 def _attribute(model, x, target, method, steps, nt_type, batch_size, progress, reference, occlusion, check):
     nt_samples = 8
