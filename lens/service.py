@@ -585,5 +585,5 @@ class LensService:
                 job.check()
                 if progress is not None:
                     progress(fraction, what)
-            write_report(analysis, replica, data.export_dir / "report", progress=tick)
+            write_report(analysis, replica, data.export_dir / "report", progress=tick, check=job.check)
         return Path(shutil.make_archive(str(data.export_dir / "rvt-lens-report"), "zip", data.export_dir / "report"))

@@ -181,3 +181,26 @@ def test_report_cli_writes_everything(bundle, photo, tmp_path):
     assert "rotary_nyquist.png" in pngs and "attribution_occlusion.png" in pngs and len(pngs) == 8 + 3 * 2 + 4
     with pytest.raises(SystemExit, match="error: .*not a checkpoint"):
         main([str(tmp_path / "photo.png"), "--checkpoint", str(tmp_path / "photo.png"), "--out", str(tmp_path / "x")])
+
+
+def test_a_report_stops_inside_its_scorecard_when_checked(bundle, photo, tmp_path):
+    """The export's cancel reaches the scorecard's passes, not only the gaps between panels."""
+    from rvt.faithfulness import clear_caches
+    from viz.report import write_report
+
+    clear_caches()  # a cached scorecard runs no pass to check
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) > 3:
+            raise Stop
+
+    analysis = analyze(bundle, photo)
+    with pytest.raises(Stop):
+        write_report(analysis, bundle, tmp_path / "out", attributions=False, check=check)
+    assert not (tmp_path / "out" / "summary.json").exists()

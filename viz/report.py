@@ -45,8 +45,10 @@ def summary(analysis: Analysis, bundle: Bundle, faithfulness: Scorecard | None =
 
 def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions: bool = True,
                  faithfulness: bool = True, baseline: str = "black",
-                 progress: Callable[[float, str], None] | None = None) -> list[Path]:
-    """Write every panel of `analysis` under `out`; returns the files written.
+                 progress: Callable[[float, str], None] | None = None,
+                 check: Callable[[], None] | None = None) -> list[Path]:
+    """Write every panel of `analysis` under `out`; returns the files written. check: called between the
+    scorecard's passes (it raises to cancel); `progress` is called between panels.
 
     faithfulness: also score every explanation method (summary.json's "faithfulness", and the curves,
     randomisation and scorecard pictures under out/faithfulness/). baseline: the attributions' baseline.
@@ -84,7 +86,7 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
     if faithfulness:
         tell(0.0, "faithfulness")
         card = scorecard(bundle.model, analysis.input.to(bundle.device), top_class, bundle.preprocess,
-                         FaithfulnessConfig(maps=MapSettings(baseline=baseline)))
+                         FaithfulnessConfig(maps=MapSettings(baseline=baseline)), check=check)
         (out / "faithfulness").mkdir(exist_ok=True)
         jobs["faithfulness/curves"] = lambda: curves_panel(card, label=label)
         jobs["faithfulness/randomization"] = lambda: randomization_panel(card)
