@@ -190,7 +190,7 @@ def test_query_must_be_inside_the_grid(checkpoint, garment):
 
 
 def test_exports_are_deleted_with_their_session_and_on_close(checkpoint, garment, monkeypatch):
-    def write_report(analysis, bundle, out, progress):  # the report itself is tested in test_viz
+    def write_report(analysis, bundle, out, progress, check):  # the report itself is tested in test_viz
         out.mkdir(parents=True)
         (out / "summary.json").write_text("{}")
     monkeypatch.setattr("viz.report.write_report", write_report)
