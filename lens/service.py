@@ -41,7 +41,7 @@ from rvt.analysis import Analysis, analyze, analyze_input, attention_gradients
 from rvt.assets import SCENE_CHECKPOINTS
 from rvt.budget import BudgetError, check_budget, gradient_batch, largest_size
 from rvt.faithfulness import ATTENTION_METHODS, FILLS, RANDOM, FaithfulnessConfig, Scorecard, scorecard
-from rvt.groundtruth import TEST_SEED, head_object_mass, relevance_maps, score_methods, score_scene, silencing
+from rvt.groundtruth import TEST_SEED, head_object_mass, key_mask, relevance_maps, score_methods, score_scene, silencing
 from rvt.preprocess import Preprocess, read_image
 from rvt.scenes import Scene, make_scenes
 from viz.attributions import BASELINES, METHODS, attribute
@@ -141,7 +141,7 @@ class SceneAnalysis:
     scene: Scene
     analysis: Analysis
     maps: dict[str, np.ndarray]  # method -> 2-D relevance for the predicted class (patch grid or pixels)
-    scores: dict[str, dict[str, float]]  # method -> {"mass": ..., "rank": ...} against the key objects
+    scores: dict[str, dict[str, float]]  # method (and "uniform map") -> {"mass": ..., "rank": ...}
 
 
 @dataclass
@@ -531,7 +531,9 @@ class LensService:
         with self.borrow(pool) as replica:
             analysis = analyze(replica, Image.fromarray(scene.image), size, bf16=self.bf16)
             maps = relevance_maps(replica, [scene], LIVE_SCENE_METHODS, targets=analysis.probs.argmax()[None])[0]
-        return SceneAnalysis(scene, analysis, maps, {m: score_scene(r, scene) for m, r in maps.items()})
+        share = float(key_mask(scene.masks).mean())  # what a uniform map scores on both, as score_methods adds
+        scores = {**{m: score_scene(r, scene) for m, r in maps.items()}, "uniform map": {"mass": share, "rank": share}}
+        return SceneAnalysis(scene, analysis, maps, scores)
 
     def score_scene_methods(self, sid: str, name: str, scene: Scene) -> dict[str, dict[str, float]]:
         """Every explanation method of the faithfulness scorecard scored against the scene's key objects

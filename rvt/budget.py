@@ -77,6 +77,11 @@ def _tokens(config, size: tuple[int, int]) -> int:
     return h * w + 1
 
 
+def _activations(config, n: int) -> int:
+    """Bytes of one layer's float32 activations for n tokens (residual, MLP, q/k/v of every head)."""
+    return n * (4 * config.dim + 4 * config.mlp_dim + 4 * config.heads * config.dim_head) * 4
+
+
 def attention_dtype(config, size: tuple[int, int]) -> torch.dtype:
     """float32, or float16 when the float32 maps of all layers would exceed ATTENTION_FP32_LIMIT."""
     n = _tokens(config, size)
@@ -90,7 +95,7 @@ def estimate(config, size: tuple[int, int], *, gradients: bool = False) -> Estim
     stored = config.depth * config.heads * n * n * attention_dtype(config, size).itemsize
     height, width = size
     inner = config.heads * config.dim_head
-    activations = n * (4 * config.dim + 4 * config.mlp_dim + 4 * inner) * 4
+    activations = _activations(config, n)
     return Estimate(
         attention=stored,
         qk=4 * config.depth * inner * n * 4,
@@ -117,8 +122,7 @@ def gradient_batch(config, size: tuple[int, int], budget: int, most: int = 64) -
     per layer for the backward (measured 34 MB per image at 112 px on the bundled model, where this
     counts 59 MB) plus its activations."""
     n = _tokens(config, size)
-    inner = config.heads * config.dim_head
-    per_image = config.depth * (config.heads * n * n * 4 + n * (4 * config.dim + 4 * config.mlp_dim + 4 * inner) * 4)
+    per_image = config.depth * (config.heads * n * n * 4 + _activations(config, n))
     return max(1, min(most, (budget - OVERHEAD) // per_image))
 
 

@@ -18,7 +18,7 @@ from lens.errors import guarded
 from lens.service import LIVE_SCENE_METHODS, UserError
 from lens.tabs import Part, click_point, heavy
 from rvt.assets import SCENE_CHECKPOINTS
-from rvt.groundtruth import TEST_SEED, key_mask
+from rvt.groundtruth import TEST_SEED
 from rvt.scenes import BASE, Scene, SceneSpec, add_distractor, centred, random_spec, scene_seed
 from viz import panels
 from viz.scenes import head_mass_image, relevance_image, scene_image
@@ -61,8 +61,7 @@ def moved(spec: SceneSpec, name: str, x: float, y: float) -> SceneSpec:
     if name not in OBJECTS:
         raise UserError(f"only the red and blue objects can be moved, not {name!r}")
     x, y = min(max(float(x), 0.0), spec.width), min(max(float(y), 0.0), spec.height)
-    obj = getattr(spec, name)
-    return SceneSpec.from_dict({**spec.to_dict(), name: {**obj.__dict__, "x": x, "y": y}})
+    return replace(spec, **{name: replace(getattr(spec, name), x=x, y=y)})
 
 
 def scores_table(scores: dict[str, dict[str, float]]) -> str:
@@ -147,14 +146,13 @@ class ScenesPart(Part):
         analysis = result.analysis
         predicted = analysis.labels[int(analysis.probs.argmax())]
         verdict = "right" if predicted == scene.label else "wrong"
-        uniform = float(key_mask(scene.masks).mean())  # what a uniform map scores on both measures
         return {self.scene_img: scene_image(scene.image, scene.masks, show_masks),
                 self.map_img: relevance_image(scene.image, result.maps[method], scene.masks, show_masks),
                 self.label: dict(analysis.top(4)),
                 self.truth: texts.SCENE_TRUTH.format(truth=scene.label, top=predicted, p=float(analysis.probs.max()),
                                                      verdict=verdict, distractors=len(spec.distractors)),
                 self.heads_img: panels.heads_panel(analysis, len(analysis.trace.layers) - 1),
-                self.scores: scores_table({**result.scores, "uniform map": {"mass": uniform, "rank": uniform}}),
+                self.scores: scores_table(result.scores),
                 self.all_scores: "",
                 **{slider: round(getattr(getattr(spec, name), axis), 1)
                    for (name, axis), slider in self.sliders.items()}}
