@@ -26,6 +26,8 @@ from rvt import Preprocess, RvT, RvTConfig, load_checkpoint, save_checkpoint  # 
 from rvt.analysis import analyze  # noqa: E402
 from rvt.device import thread_policy  # noqa: E402
 from viz import panels  # noqa: E402
+from viz.render import figure_to_image  # noqa: E402
+from viz.rotary import kernel_figure  # noqa: E402
 
 CHECKPOINT = ROOT / "assets" / "rvt_fashion_mnist.safetensors"
 EXAMPLE = ROOT / "assets" / "examples"
@@ -61,9 +63,12 @@ def main() -> None:
         "rollout": lambda: panels.rollout_panel(analysis),
         "predictions chart": lambda: panels.predictions_panel(analysis),
         "head statistics": lambda: panels.stats_panel(analysis),
-        "rotary bands": lambda: panels.bands_panel(analysis),
-        "rotary Nyquist": lambda: panels.nyquist_panel(analysis, bundle.rotary_scales, bundle.train_grid),
         "rotary kernel": lambda: panels.kernel_panel(analysis, last, 0, centre),
+        "rotary step per patch": lambda: panels.steps_panel(analysis, bundle),
+        "rotary phase": lambda: panels.phase_panel(analysis, bundle),
+        "rotary kernel, matplotlib (export SVG)": lambda: figure_to_image(kernel_figure(
+            *analysis.trace.rotary, analysis.grid, centre,
+            {n: analysis.trace.qk(n)[-1, 0, 0] for n in ("q", "k", "q_rot", "k_rot")})),
     }, args.repeats)
     reference = timings["analysis pass (reference)"]
     print(f"{source}, grid {analysis.grid}, torch threads {torch.get_num_threads()}, median of {args.repeats}")

@@ -31,14 +31,16 @@ attention would give. *Entropy*: how spread out each attention row is (0 = all o
 
 ROTARY = """**Rotary embedding.** RvT has no position vectors: it *rotates* each pair of query and key dimensions
 by an angle proportional to the patch's row (first half of each head's dimensions) or column (second half),
-so q·k depends on the *offset* between patches. The CLS token is not rotated. *Bands*: cos of each band's
-angle over the grid. *Step per patch*: the angle between neighbouring patches, as set (light bars, orange
-above pi) and as seen after wrapping to [0, pi] (dark bars). Above pi a band **aliases**: its wrapped
-step is smaller, so neighbours look closer than they are and far patches can look like neighbours.
+so q·k depends on the *offset* between patches. The CLS token is not rotated.
 *Kernel*: for the query patch, the similarity rotary alone gives when q = k is spread evenly over the rotated pairs (an
-idealisation), then this head's real q·k without and with the rotation. Its plus shape comes from the
+idealisation), then this head's real q·k without and with the rotation, and the change. Its plus shape comes from the
 axial split: row pairs ignore the column offset and column pairs the row offset. Pick the query by clicking a
-patch on the Attention tab; the layer and head come from there too."""
+patch on the Attention tab; the layer and head come from there too.
+*Step per patch*: the angle between neighbouring patches, as set (light bars, orange above pi) and as seen after
+wrapping to [0, pi] (dark bars); black ticks mark the step at the training grid when this image's grid differs.
+Above pi a band **aliases**: its wrapped step is smaller, so neighbours look closer than they are and far patches
+can look like neighbours. *Phase*: each band's angle over the grid on a colour wheel (once round the colours =
+one full turn), labelled with its step, unwrapped → wrapped."""
 
 NO_ROTARY = """**This model has no rotary embedding** (`use_rotary=False`): queries and keys are not rotated, so
 there are no frequency bands or rotary kernels to show. Its only position information comes from the

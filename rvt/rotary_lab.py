@@ -181,14 +181,14 @@ def build_schedule(kind: str, dim_head: int, value: float | None = None, *, seed
 
 # ---------------------------------------------------------------- positions, tables, steps
 
-def check_grid(grid: tuple[int, int], what: str = "grid") -> tuple[int, int]:
+def check_grid(grid: tuple[int, int], what: str = "grid", most: int = MAX_GRID) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in grid)
-        ok = (h, w) == tuple(grid) and 1 <= h <= MAX_GRID and 1 <= w <= MAX_GRID
+        ok = (h, w) == tuple(grid) and 1 <= h <= most and 1 <= w <= most
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"{what} must be (rows, columns), each a whole number from 1 to {MAX_GRID} (got {grid!r})")
+        raise ValueError(f"{what} must be (rows, columns), each a whole number from 1 to {most} (got {grid!r})")
     return h, w
 
 
@@ -414,10 +414,12 @@ def _band_table(view: LabView) -> list[dict]:
 
 
 def lab_view(schedule: Schedule, grid: tuple[int, int], train_grid: tuple[int, int] | None = None,
-             scaling: str = "native") -> LabView:
-    """Everything the lab draws for one setting: validated, then pure tensor arithmetic (no model)."""
-    grid = check_grid(grid)
-    train_grid = grid if train_grid is None else check_grid(train_grid, "training grid")
+             scaling: str = "native", *, max_grid: int = MAX_GRID) -> LabView:
+    """Everything the lab draws for one setting: validated, then pure tensor arithmetic (no model).
+    max_grid: the largest side accepted; a caller whose grid the server's memory budget already bounded
+    (an analysis) passes that grid's side. Tables and kernels are O(h * w * pairs): megabytes at 100x100."""
+    grid = check_grid(grid, most=max_grid)
+    train_grid = grid if train_grid is None else check_grid(train_grid, "training grid", max_grid)
     used = scale_schedule(schedule, train_grid, grid, scaling)
     view = LabView(schedule=used, trained=schedule, grid=grid, train_grid=train_grid, scaling=scaling,
                    angles=angles(used, grid), steps=steps(used, grid), train_steps=steps(schedule, train_grid),

@@ -192,7 +192,7 @@ def test_attribution_whatif_and_export(client, images):
     assert Image.open(before_img).tobytes() != Image.open(after_img).tobytes()
     archive = client.predict(api_name="/export")
     names = zipfile.ZipFile(archive).namelist()
-    assert "summary.json" in names and "tensors.npz" in names and "rotary_nyquist.png" in names
+    assert {"summary.json", "tensors.npz", "rotary_steps.png", "print/head_stats.svg"} <= set(names)
     with zipfile.ZipFile(archive) as z:
         tensors = np.load(io.BytesIO(z.read("tensors.npz")))
         assert tensors["attention"].shape == (3, 1, 2, 50, 50)
@@ -344,8 +344,8 @@ def test_a_model_without_rotary_gets_a_plain_message(client, images, tmp_path, r
     torch.save(ref.state_dict(), tmp_path / "plain.pt")
     client.predict(*load_args(UPLOADED, tmp_path / "plain.pt", use_rotary=False), api_name="/load_model")
     predict(client, images / "garment.png")
-    about, kernel, nyquist, bands = client.predict(0, 0, api_name="/rotary")
-    assert about == texts.NO_ROTARY and kernel is None and nyquist is None and bands is None
+    about, kernel, steps, phase = client.predict(0, 0, api_name="/rotary")
+    assert about == texts.NO_ROTARY and kernel is None and steps is None and phase is None
     client.predict(*load_args(BUNDLED), api_name="/load_model")
 
 

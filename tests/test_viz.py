@@ -1,4 +1,5 @@
 import json
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from viz import panels
 from viz.attributions import METHODS, attribute, baseline_input
 from viz.render import colorize, lut, overlay
 from viz.rollout import attention_rollout, gradient_rollout
-from viz.rotary import aliasing_bands, phase_steps, rotary_kernel
+from viz.rotary import aliasing_bands, phase_steps, query_kernels, rotary_kernel
 from viz.stats import attention_entropy, cls_share, mean_attention_distance
 
 
@@ -146,18 +147,34 @@ def test_panels_have_sizes_and_leave_no_figures_open(bundle, photo):
     import matplotlib.pyplot as plt
     analysis = analyze(bundle, photo, (20, 36))  # non-square grid 5x9
     assert analysis.grid == (5, 9) and analysis.image.shape == (20, 36, 3)
-    scales = bundle.model.transformer.pos_emb.scales
     images = [panels.predictions_panel(analysis), panels.heads_panel(analysis, 1),
               panels.heads_panel(analysis, 0, (2, 7), shared_scale=False), panels.model_panel(analysis),
-              panels.rollout_panel(analysis), panels.stats_panel(analysis), panels.bands_panel(analysis),
-              panels.nyquist_panel(analysis, scales, (7, 7)), panels.kernel_panel(analysis, 1, 2, (4, 0)),
+              panels.rollout_panel(analysis), panels.stats_panel(analysis), panels.phase_panel(analysis, bundle),
+              panels.steps_panel(analysis, bundle), panels.kernel_panel(analysis, 1, 2, (4, 0)),
               panels.head_overlay(analysis, 1, 2)]
     for image in images:
         assert image.width > 100 and image.height > 100
+    figures = panels.print_figures(analysis, bundle, (4, 0))
+    assert {"predictions", "head_stats", "rotary_bands", "rotary_nyquist", "rotary_kernel_layer1_head0"} <= set(figures)
     grads = attention_gradients(bundle, analysis, 2)
     assert grads.shape == analysis.trace.attention.shape
     panels.rollout_panel(analysis, gradients=grads)
     assert plt.get_fignums() == []
+
+
+def test_the_kernel_panel_shows_the_scores_the_model_softmaxes(bundle, photo):
+    analysis = analyze(bundle, photo)
+    layer, head, query = 1, 2, (3, 5)
+    index = query[0] * analysis.grid[1] + query[1]
+    qk = {name: analysis.trace.qk(name)[layer, 0, head] for name in ("q", "k", "q_rot", "k_rot")}
+    sin, cos = analysis.trace.rotary
+    titles, used = zip(*[(title, values) for title, values, _, _ in query_kernels(sin, cos, analysis.grid, query, qk)])
+    assert "with rotation (used)" in titles[2]
+    scale = qk["q"].shape[-1] ** -0.5
+    cls_key = qk["q_rot"][1 + index] @ qk["k_rot"][0] * scale  # the one key the panel leaves out
+    row = torch.cat([cls_key[None], used[2].flatten()]).softmax(-1)
+    assert torch.allclose(row, analysis.trace.attention[layer, 0, head, 1 + index], atol=1e-5)
+    assert torch.allclose(used[3], used[2] - used[1])
 
 
 def test_analysis_matches_a_direct_capture(bundle, photo):
@@ -178,7 +195,12 @@ def test_report_cli_writes_everything(bundle, photo, tmp_path):
     tensors = np.load(tmp_path / "out" / "tensors.npz")
     assert tensors["attention"].shape == (2, 1, 3, 50, 50)
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert "rotary_nyquist.png" in pngs and "attribution_occlusion.png" in pngs and len(pngs) == 8 + 3 * 2 + 4
+    assert "rotary_steps.png" in pngs and "attribution_occlusion.png" in pngs and len(pngs) == 8 + 3 * 2 + 4
+    svgs = sorted(p.name for p in (tmp_path / "out" / "print").glob("*.svg"))
+    assert svgs == sorted(["predictions.svg", "head_stats.svg", "rotary_bands.svg", "rotary_nyquist.svg",
+                           "rotary_kernel_layer0_head0.svg", "rotary_kernel_layer1_head0.svg"])
+    for name in svgs:  # vector files: well-formed XML whose root is an <svg> element
+        assert ElementTree.parse(tmp_path / "out" / "print" / name).getroot().tag.endswith("svg")
     with pytest.raises(SystemExit, match="error: .*not a checkpoint"):
         main([str(tmp_path / "photo.png"), "--checkpoint", str(tmp_path / "photo.png"), "--out", str(tmp_path / "x")])
 

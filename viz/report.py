@@ -47,7 +47,8 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
                  faithfulness: bool = True, baseline: str = "black",
                  progress: Callable[[float, str], None] | None = None,
                  check: Callable[[], None] | None = None) -> list[Path]:
-    """Write every panel of `analysis` under `out`; returns the files written. check: called between the
+    """Write every panel of `analysis` under `out` as the app draws it (PNG), and its charts as vector
+    SVGs for print under out/print/; returns the files written. check: called between the
     scorecard's passes (it raises to cancel); `progress` is called between panels.
 
     faithfulness: also score every explanation method (summary.json's "faithfulness", and the curves,
@@ -67,13 +68,16 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
         "gradient_rollout": lambda: panels.rollout_panel(
             analysis, gradients=attention_gradients(bundle, analysis, top_class)),
         "head_stats": lambda: panels.stats_panel(analysis),
-        "rotary_bands": lambda: panels.bands_panel(analysis),
-        "rotary_nyquist": lambda: panels.nyquist_panel(analysis, bundle.rotary_scales, bundle.train_grid),
     }
+    if bundle.config.use_rotary:
+        jobs["rotary_phase"] = lambda: panels.phase_panel(analysis, bundle)
+        jobs["rotary_steps"] = lambda: panels.steps_panel(analysis, bundle)
     for layer in analysis.trace.layers:
         jobs[f"attention_layer{layer}"] = lambda layer=layer: panels.heads_panel(analysis, layer)
         jobs[f"attention_layer{layer}_centre_query"] = lambda layer=layer: panels.heads_panel(analysis, layer, centre)
-        jobs[f"rotary_kernel_layer{layer}_head0"] = lambda layer=layer: panels.kernel_panel(analysis, layer, 0, centre)
+        if bundle.config.use_rotary:
+            jobs[f"rotary_kernel_layer{layer}_head0"] = lambda layer=layer: panels.kernel_panel(analysis, layer, 0,
+                                                                                                centre)
     if attributions:
         for method in METHODS:
             def job(method=method):
@@ -96,6 +100,12 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
         tell(i / (len(jobs) + 2), name)
         path = out / f"{name}.png"
         make().save(path)
+        written.append(path)
+    tell(len(jobs) / (len(jobs) + 2), "print-quality SVGs")
+    (out / "print").mkdir(exist_ok=True)
+    for name, figure in panels.print_figures(analysis, bundle, centre).items():
+        path = out / "print" / f"{name}.svg"
+        figure.savefig(path, format="svg")
         written.append(path)
     (out / "summary.json").write_text(json.dumps(summary(analysis, bundle, card), indent=2))
     trace = analysis.trace

@@ -6,19 +6,24 @@ only the wrapped step, at most pi, can be seen, so neighbouring patches look clo
 (at 28/4, band 2 turns 6.49 rad per patch, which looks like 0.21 rad) and patches far apart can look
 like neighbours. The rotary lab (rvt.rotary_lab, viz.rotary_lab) covers other schedules and grids.
 
-Figures use a fixed layout (no constrained-layout solve) and one image per panel row, so each draws
-in a few tens of milliseconds.
+`kernel_image` is the Rotary tab's kernel, drawn with Pillow (a few milliseconds); the tab's phase and
+step pictures are the lab's (`viz.rotary_lab`). The matplotlib figures (`bands_figure`, `nyquist_figure`,
+`kernel_figure`) are for the export's print-quality SVGs: a fixed layout (no constrained-layout solve).
 """
 from __future__ import annotations
 
+import textwrap
 from math import pi
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 from rvt.grid import tokens_to_grid
 from rvt.rotary_lab import wrap
+
+from .sheet import WIDTH, Sheet
 
 UNWRAPPED, ALIASED, WRAPPED = "#9ecae1", "#ef8a62", "#2166ac"
 
@@ -124,13 +129,15 @@ def nyquist_figure(scales: torch.Tensor, grid: tuple[int, int], train_grid: tupl
     return fig
 
 
-def kernel_figure(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], query: tuple[int, int],
-                  qk: dict[str, torch.Tensor] | None = None, title: str = "") -> Figure:
-    """The idealised rotary kernel for a query patch (q = k spread evenly over the pairs) and, with `qk`
-    (one head's q, k, q_rot, k_rot, each (N, d) incl. CLS), the real scores q.k without and with rotation
-    and their difference."""
-    h, w = grid
-    index = query[0] * w + query[1]
+def query_kernels(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], query: tuple[int, int],
+                  qk: dict[str, torch.Tensor] | None = None) -> list[tuple[str, torch.Tensor, str, bool]]:
+    """The kernel panels for a query patch (row, col): (title, (h, w) values, colormap, symmetric scale).
+
+    First the idealised rotary kernel (q = k spread evenly over the pairs); with `qk` (one head's q, k,
+    q_rot, k_rot, each (N, d) incl. CLS) the real scores q.k/sqrt(d) without and with rotation, and
+    their difference.
+    """
+    index = query[0] * grid[1] + query[1]
     panels = [("idealised: q = k spread evenly\nover pairs, mean cos(angle diff.)",
                tokens_to_grid(rotary_kernel(sin, cos, index), grid), "RdBu_r", True)]
     if qk is not None:
@@ -140,19 +147,61 @@ def kernel_figure(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], q
         panels += [("this head: q.k/√d\nwithout rotation", tokens_to_grid(plain, grid), "viridis", False),
                    ("this head: q.k/√d\nwith rotation (used)", tokens_to_grid(rotated, grid), "viridis", False),
                    ("change due to rotary\n(with - without)", tokens_to_grid(rotated - plain, grid), "RdBu_r", True)]
+    return panels
+
+
+def _limits(values: np.ndarray, symmetric: bool) -> tuple[float, float]:
+    if symmetric:
+        limit = float(np.abs(values).max()) or 1.0
+        return -limit, limit
+    lo, hi = float(values.min()), float(values.max())
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def kernel_image(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], query: tuple[int, int],
+                 qk: dict[str, torch.Tensor] | None = None, title: str = "") -> Image.Image:
+    """`query_kernels` drawn with Pillow: one heat map per panel with its colour bar, the query patch
+    outlined in green."""
+    panels = query_kernels(sin, cos, grid, query, qk)
+    h, w = grid
+    column = (WIDTH - 20) // len(panels)
+    side = min(220, column - 50)  # room for the colour bar and its labels
+    ph, pw = (side, max(8, round(side * w / h))) if h >= w else (max(8, round(side * h / w)), side)
+    chars = max(12, (column - 10) // 7)  # an 11 px DejaVu character is 6-7 px wide
+    lines = max(len(textwrap.wrap(name.replace("\n", " "), chars)) for name, *_ in panels)
+    top = 30 + 15 * lines
+    sheet = Sheet(top + ph + 30)
+    sheet.text((10, 6), title or f"query patch (row {query[0]}, col {query[1]})", 13)
+    cell_h, cell_w = ph / h, pw / w
+    for i, (name, values, cmap, symmetric) in enumerate(panels):
+        x, values = 10 + i * column, values.numpy()
+        sheet.paragraph((x, 28), name.replace("\n", " "), chars, 11)
+        lo, hi = _limits(values, symmetric)
+        sheet.heat((x, top, pw, ph), values, cmap, lo, hi)
+        qx, qy = x + query[1] * cell_w, top + query[0] * cell_h
+        sheet.draw.rectangle([qx, qy, qx + max(cell_w, 3) - 1, qy + max(cell_h, 3) - 1], outline=(0, 220, 0), width=2)
+        sheet.colorbar((x + pw + 4, top, 8, ph), cmap, lo, hi)
+    sheet.text((10, top + ph + 8), "green: the query patch; each map: that query against every patch (key) of the "
+               "grid", 10)
+    return sheet.image
+
+
+def kernel_figure(sin: torch.Tensor, cos: torch.Tensor, grid: tuple[int, int], query: tuple[int, int],
+                  qk: dict[str, torch.Tensor] | None = None, title: str = "") -> Figure:
+    """`query_kernels` as a matplotlib figure, for print-quality export."""
+    panels = query_kernels(sin, cos, grid, query, qk)
     fig = _figure(3.0 * len(panels), 3.3, left=0.02, right=0.96, bottom=0.04, top=0.74, wspace=0.35)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, values, cmap, symmetric) in zip(axes, panels):
         values = values.numpy()
-        limit = float(np.abs(values).max()) or 1.0
-        im = ax.imshow(values, cmap=cmap, interpolation="nearest",
-                       **({"vmin": -limit, "vmax": limit} if symmetric else {}))
+        lo, hi = _limits(values, symmetric)
+        im = ax.imshow(values, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
         ax.scatter([query[1]], [query[0]], marker="s", facecolors="none", edgecolors="lime", s=90, linewidths=2)
         ax.set_title(name, fontsize=8, y=1.0)
         ax.set_xticks([])
         ax.set_yticks([])
         bar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.03)
-        bar.set_ticks(np.linspace(*im.get_clim(), 3))  # few ticks: each costs a few ms to draw
+        bar.set_ticks(np.linspace(lo, hi, 3))
         bar.ax.tick_params(labelsize=7)
     fig.suptitle(title or f"query patch (row {query[0]}, col {query[1]})", fontsize=10)
     return fig

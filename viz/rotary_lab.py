@@ -8,133 +8,20 @@ from __future__ import annotations
 
 import math
 import textwrap
-from functools import lru_cache
-from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from rvt.rotary_lab import ALIASING_NOTE, LabView, kernel_cuts
 
-from .mosaic import BACKGROUND, INK
-from .render import colorize, lut
+from .mosaic import INK
+from .sheet import GREY, LIGHT, WIDTH, Chart, Sheet, ticks
 
-WIDTH = 700
-GREY = (150, 150, 150)
-LIGHT = (225, 225, 225)
 UNWRAPPED, ALIASED, WRAPPED = (158, 202, 225), (239, 138, 98), (33, 102, 172)
 CUT_COLOURS = {"row": (31, 119, 180), "column": (214, 39, 40), "diagonal": (44, 160, 44)}
 LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    # DejaVu (shipped with matplotlib) has pi and the other symbols; Pillow's bundled font does not.
-    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
-
-
-class _Sheet:
-    """A white canvas with text, heat maps and small charts."""
-
-    def __init__(self, height: int, width: int = WIDTH):
-        self.image = Image.new("RGB", (width, height), BACKGROUND)
-        self.draw = ImageDraw.Draw(self.image)
-
-    def text(self, xy, s: str, size: int = 12, anchor: str = "la", fill=INK) -> None:
-        self.draw.text(xy, s, fill=fill, font=_font(size), anchor=anchor)
-
-    def paragraph(self, xy, s: str, width_chars: int, size: int = 12) -> int:
-        """Wrapped text from xy; returns the y below it."""
-        x, y = xy
-        for line in textwrap.wrap(s, width_chars):
-            self.text((x, y), line, size)
-            y += size + 4
-        return y
-
-    def heat(self, box, values: np.ndarray, cmap: str, vmin: float, vmax: float) -> None:
-        """(h, w) values as nearest-neighbour blocks filling box (x, y, width, height)."""
-        x, y, w, h = box
-        tile = Image.fromarray(colorize(values, cmap, vmin, vmax)).resize((w, h), Image.Resampling.NEAREST)
-        self.image.paste(tile, (x, y))
-        self.draw.rectangle([x - 1, y - 1, x + w, y + h], outline=GREY)
-
-    def colorbar(self, box, cmap: str, vmin: float, vmax: float, fmt: str = "{:.2g}") -> None:
-        x, y, w, h = box
-        strip = lut(cmap)[np.linspace(255, 0, h).round().astype(int)][:, None].repeat(w, axis=1)
-        self.image.paste(Image.fromarray(np.ascontiguousarray(strip)), (x, y))
-        self.text((x + w + 3, y), fmt.format(vmax), 10)
-        self.text((x + w + 3, y + h), fmt.format(vmin), 10, anchor="lb")
-
-    def key(self, xy, items) -> None:
-        """A one-line key: a coloured square and its label per item."""
-        x, y = xy
-        for label, colour in items:
-            self.draw.rectangle([x, y + 2, x + 10, y + 10], fill=colour)
-            self.text((x + 14, y), label, 10)
-            x += 26 + self.draw.textlength(label, font=_font(10))
-
-
-class _Chart:
-    """Axes in data coordinates over a pixel box of a sheet: frame, ticks, bars, lines, markers."""
-
-    def __init__(self, sheet: _Sheet, box, xlim, ylim, xticks=(), yticks=(), xlabel="", ylabel="", title=""):
-        self.sheet, self.draw = sheet, sheet.draw
-        self.x0, self.y0, self.w, self.h = box
-        self.xlim, self.ylim = xlim, ylim
-        self.draw.rectangle([self.x0, self.y0, self.x0 + self.w, self.y0 + self.h], outline=GREY)
-        for value, label in xticks:
-            px = self.px(value, ylim[0])[0]
-            self.draw.line([px, self.y0 + self.h, px, self.y0 + self.h + 3], fill=GREY)
-            sheet.text((px, self.y0 + self.h + 4), label, 10, anchor="ma")
-        for value, label in yticks:
-            py = self.px(xlim[0], value)[1]
-            self.draw.line([self.x0 - 3, py, self.x0, py], fill=GREY)
-            sheet.text((self.x0 - 5, py), label, 10, anchor="rm")
-        if xlabel:
-            sheet.text((self.x0 + self.w / 2, self.y0 + self.h + 18), xlabel, 11, anchor="ma")
-        if ylabel:
-            sheet.text((self.x0, self.y0 - 3), ylabel, 11, anchor="lb")
-        if title:
-            sheet.text((self.x0 + self.w / 2, self.y0 - 18 if ylabel else self.y0 - 4), title, 12, anchor="mb")
-
-    def px(self, x: float, y: float) -> tuple[float, float]:
-        (a, b), (c, d) = self.xlim, self.ylim
-        return (self.x0 + (x - a) / (b - a) * self.w, self.y0 + self.h - (min(max(y, c), d) - c) / (d - c) * self.h)
-
-    def bar(self, x: float, width: float, y: float, fill) -> None:
-        left, top = self.px(x - width / 2, y)
-        right, bottom = self.px(x + width / 2, self.ylim[0])
-        if bottom - top >= 1:
-            self.draw.rectangle([left, top, max(left, right - 1), bottom], fill=fill)
-
-    def line(self, xs, ys, fill, width: int = 2) -> None:
-        points = [self.px(float(x), float(y)) for x, y in zip(xs, ys)]
-        if len(points) > 1:
-            self.draw.line(points, fill=fill, width=width, joint="curve")
-
-    def dots(self, xs, ys, fill, r: float = 2.5) -> None:
-        for x, y in zip(xs, ys):
-            px, py = self.px(float(x), float(y))
-            self.draw.ellipse([px - r, py - r, px + r, py + r], fill=fill)
-
-    def hline(self, y: float, fill, label: str = "", dash: int = 6) -> None:
-        py = self.px(self.xlim[0], y)[1]
-        for x in range(int(self.x0), int(self.x0 + self.w), 2 * dash):
-            self.draw.line([x, py, min(x + dash, self.x0 + self.w), py], fill=fill, width=1)
-        if label:
-            self.sheet.text((self.x0 + self.w - 3, py - 2), label, 11, anchor="rb", fill=fill)
-
-
-def _ticks(lo: float, hi: float, count: int = 5, fmt: str = "{:g}") -> list[tuple[float, str]]:
-    """Round tick values between lo and hi."""
-    raw = (hi - lo) / max(count, 1)
-    step = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
-    step *= next(m for m in (1, 2, 2.5, 5, 10) if step * m >= raw)
-    first = math.ceil(lo / step - 1e-9)
-    return [(v, fmt.format(round(v, 10))) for v in (step * i for i in range(first, int(hi / step + 1e-9) + 1))]
 
 
 def _shown_bands(n: int, most: int) -> list[int]:
@@ -156,7 +43,7 @@ def phase_figure(view: LabView, max_bands: int = 12) -> Image.Image:
     tile_h = int(max(8, min(80, tile_w * h / w)))
     tile_w = int(max(8, min(tile_w, tile_h * w / h)))
     row_h = tile_h + 48
-    sheet = _Sheet(44 + len(groups) * row_h + 26)
+    sheet = Sheet(44 + len(groups) * row_h + 26)
     sheet.text((10, 6), f"Phase of each band over the {h}x{w} grid: {schedule.name}", 14)
     sheet.text((10, 26), "colour = angle mod 2π (the colour wheel wraps); under each: step per patch, "
                "unwrapped → wrapped (orange: aliases)", 11)
@@ -195,7 +82,7 @@ def steps_figure(view: LabView) -> Image.Image:
         index = {0: list(range(schedule.pairs)), 1: list(range(schedule.pairs))}
     top = max(float(view.steps.max()), float(view.train_steps.max()), math.pi) * 1.08
     wrapped = view.wrapped
-    sheet = _Sheet(346)
+    sheet = Sheet(346)
     counts = view.aliasing()
     alias_text = ", ".join(f"{counts[a]} of {schedule.bands} {'row' if a == 'row' else 'column'} bands"
                            for a in ("row", "col")) if schedule.axial else f"{sum(counts.values())} pair-axes"
@@ -206,8 +93,8 @@ def steps_figure(view: LabView) -> Image.Image:
         pairs = index[a]
         x0 = 50 + i * (panel_w + 40)
         n = len(pairs)
-        chart = _Chart(sheet, (x0, 86, panel_w, 170), (-0.6, n - 0.4), (0, top),
-                       xticks=[(j, str(j)) for j in range(0, n, 1 + n // 20)], yticks=_ticks(0, top),
+        chart = Chart(sheet, (x0, 86, panel_w, 170), (-0.6, n - 0.4), (0, top),
+                       xticks=[(j, str(j)) for j in range(0, n, 1 + n // 20)], yticks=ticks(0, top),
                        xlabel="band" if schedule.axial else "pair", ylabel="rad per patch", title=name)
         for j, p in enumerate(pairs):
             step, wrap = float(view.steps[p, a]), float(wrapped[p, a])
@@ -243,7 +130,7 @@ def kernel_figure(view: LabView, head: dict | None = None) -> Image.Image:
         (max(8, round(size * (2 * h - 1) / (2 * w - 1))), size)
     below = head is not None  # one map: the cuts go beside it; three: below them
     chart_h = max(ph, 120)  # the cuts' chart beside a flat map (a 1x16 grid) still needs room
-    sheet = _Sheet(62 + (ph + 40 + 210 if below else max(ph + 100, chart_h + 40)))
+    sheet = Sheet(62 + (ph + 40 + 210 if below else max(ph + 100, chart_h + 40)))
     sheet.text((10, 6), f"Relative-position kernel, {view.schedule.name}, grid {h}x{w}"
                + (f": {head['title']}" if head else ""), 13)
     step = (WIDTH - 20) // len(panels)
@@ -262,7 +149,7 @@ def kernel_figure(view: LabView, head: dict | None = None) -> Image.Image:
     head_cuts = kernel_cuts(head["mean_qk"]) if head else None
     span = max(h, w) - 1 or 1
     box = (50, 62 + ph + 74, WIDTH - 80, 130) if below else (330, 90, WIDTH - 350, chart_h - 28)
-    chart = _Chart(sheet, box, (-span - 0.5, span + 0.5), (-1.05, 1.05), xticks=_ticks(-span, span, 8),
+    chart = Chart(sheet, box, (-span - 0.5, span + 0.5), (-1.05, 1.05), xticks=ticks(-span, span, 8),
                    yticks=[(-1, "-1"), (0, "0"), (1, "1")], xlabel="offset (patches)")
     chart.hline(0.0, LIGHT)
     for name, (xs, ys) in cuts.items():
@@ -290,7 +177,7 @@ def usage_figure(usage: dict, max_rows: int = 48) -> Image.Image:
     cell_w = max(6, min(34, (WIDTH - 250) // pairs))
     cell_h = max(6, min(16, 420 // len(rows)))
     top = 96
-    sheet = _Sheet(top + cell_h * len(rows) + 24)
+    sheet = Sheet(top + cell_h * len(rows) + 24)
     sheet.text((10, 6), "How each head uses the rotary pairs: √(E|q_p|² · E|k_p|²), share per head", 14)
     sheet.text((10, 26), "Barbero et al. 2024: q/k norm on fast-turning pairs builds positional patterns, on slow "
                "pairs it carries content.", 11)
@@ -326,7 +213,7 @@ def ablation_figure(result: dict) -> Image.Image:
     change = result["attention_change"].numpy()  # (L, H)
     layers, heads = change.shape
     cell = max(12, min(36, 260 // max(layers, heads)))
-    sheet = _Sheet(max(70 + cell * layers + 30, 190))
+    sheet = Sheet(max(70 + cell * layers + 30, 190))
     sheet.text((10, 6), "Switching off rotary bands: what changes", 14)
     spec = lambda b: str(b) if isinstance(b, int) else f"{b[0]} {b[1]}"  # 2 or ("row", 2)
     off = "; ".join(f"L{layer}: " + ", ".join(map(spec, bands)) for layer, bands in result.get("bands_off", {}).items())
@@ -358,12 +245,12 @@ def sweep_figure(sweep: dict) -> Image.Image:
     if not rows:
         raise ValueError("the sweep has no sizes to draw")
     xs = list(range(len(rows)))
-    ticks = [(i, f"{r['grid'][0]}x{r['grid'][1]}") for i, r in zip(xs, rows)]
+    grid_ticks = [(i, f"{r['grid'][0]}x{r['grid'][1]}") for i, r in zip(xs, rows)]
     train = tuple(sweep["train_grid"])
-    sheet = _Sheet(500 if sweep["skipped"] else 452)
+    sheet = Sheet(500 if sweep["skipped"] else 452)
     sheet.text((10, 6), f"Inference grid against the training grid {train[0]}x{train[1]} (images resized: part "
                f"of any change is content scale)", 12)
-    chart = _Chart(sheet, (50, 50, WIDTH - 80, 110), (-0.5, len(rows) - 0.5), (0, 1.05), xticks=ticks,
+    chart = Chart(sheet, (50, 50, WIDTH - 80, 110), (-0.5, len(rows) - 0.5), (0, 1.05), xticks=grid_ticks,
                    yticks=[(0, "0"), (0.5, "0.5"), (1, "1")], ylabel="top-1 probability")
     for i, r in zip(xs, rows):
         chart.bar(i, 0.5, r["prob"], WRAPPED if list(r["grid"]) == list(train) else UNWRAPPED)
@@ -377,8 +264,8 @@ def sweep_figure(sweep: dict) -> Image.Image:
         lo, hi = min(min(values), 1.0), max(max(values), 1.0)
         pad = max(0.02, (hi - lo) * 0.08)
         lo, hi = max(0.0, lo - pad), hi + pad
-        chart = _Chart(sheet, (50 + c * (panel_w + 60), 230, panel_w, 160), (-0.5, len(rows) - 0.5), (lo, hi),
-                       xticks=ticks, yticks=_ticks(lo, hi, 4), ylabel=label, xlabel="inference grid")
+        chart = Chart(sheet, (50 + c * (panel_w + 60), 230, panel_w, 160), (-0.5, len(rows) - 0.5), (lo, hi),
+                       xticks=grid_ticks, yticks=ticks(lo, hi, 4), ylabel=label, xlabel="inference grid")
         chart.hline(1.0, GREY)
         for layer in range(layers):
             colour = LINE_COLOURS[layer % len(LINE_COLOURS)]

@@ -1,4 +1,5 @@
-"""Rotary tab: the loaded model's bands, step per patch against pi, and the kernel of the chosen head."""
+"""Rotary tab: the loaded model's kernel for the chosen head and query, its step per patch against pi and
+the phase of each band over the grid, all drawn with Pillow (the phase and step pictures are the rotary lab's)."""
 from __future__ import annotations
 
 import gradio as gr
@@ -18,13 +19,13 @@ class RotaryPart(Part):
         self.about = gr.Markdown(texts.ROTARY, label="rotary", elem_id="rotary-about")
         self.kernel_img = gr.Image(label="relative-position kernel (layer and head from the attention tab)",
                                    show_label=False, elem_id="kernel-img", interactive=False, format="png")
-        self.nyquist_img = gr.Image(label="phase step per patch against pi", show_label=False,
-                                    elem_id="nyquist-img", interactive=False, format="png")
-        self.bands_img = gr.Image(label="frequency bands over the grid", show_label=False, elem_id="bands-img",
+        self.steps_img = gr.Image(label="phase step per patch against pi", show_label=False,
+                                  elem_id="steps-img", interactive=False, format="png")
+        self.phase_img = gr.Image(label="phase of each band over the grid", show_label=False, elem_id="phase-img",
                                   interactive=False, format="png")
         self.inputs = [ctx.shared["layer"], ctx.shared["head"]]
         self.names = ["layer", "head"]
-        self.outputs = [self.about, self.kernel_img, self.nyquist_img, self.bands_img]
+        self.outputs = [self.about, self.kernel_img, self.steps_img, self.phase_img]
 
     def clear(self) -> dict:
         return {**super().clear(), self.about: texts.ROTARY}
@@ -39,5 +40,5 @@ class RotaryPart(Part):
         query = data.query or (analysis.grid[0] // 2, analysis.grid[1] // 2)
         return {self.about: texts.ROTARY,
                 self.kernel_img: panels.kernel_panel(analysis, layer, head, query),
-                self.nyquist_img: panels.nyquist_panel(analysis, bundle.rotary_scales, bundle.train_grid),
-                self.bands_img: panels.bands_panel(analysis)}
+                self.steps_img: panels.steps_panel(analysis, bundle),
+                self.phase_img: panels.phase_panel(analysis, bundle)}
