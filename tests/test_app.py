@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 import zipfile
 
 import httpx
@@ -263,6 +264,34 @@ def test_gradio_cancel_stops_the_computation_not_just_the_event(client, server, 
     assert running_jobs(service) == 0, "the computation kept running after its event was cancelled"
     assert Image.open(client.predict("Saliency", 4, "black", False, None, api_name="/attribution")).width > 100
     predict(client, images / "garment.png")
+
+
+def test_a_visitor_who_disconnects_stops_their_job(server, images):
+    """A /call/ client (or a closed tab) that drops its result stream sends no cancel: the job must
+    still stop within a second or two, not run on to the time limit holding a model replica."""
+    url, service = server
+    http, session = httpx.Client(timeout=60), uuid.uuid4().hex
+
+    def submit(api: str, *data) -> str:
+        reply = http.post(f"{url}gradio_api/call/{api}", json={"data": list(data), "session_hash": session})
+        reply.raise_for_status()
+        return reply.json()["event_id"]
+
+    upload = http.post(f"{url}gradio_api/upload", files={"files": (images / "garment.png").open("rb")}).json()[0]
+    event = submit("predict", {"path": upload, "meta": {"_type": "gradio.FileData"}}, 112, 112)
+    assert "event: complete" in http.get(f"{url}gradio_api/call/predict/{event}").text
+    event = submit("attribution", "Integrated Gradients", 128, "black", True, None)
+    with http.stream("GET", f"{url}gradio_api/call/attribution/{event}"):
+        deadline = time.monotonic() + 30
+        while running_jobs(service) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert running_jobs(service) == 1, "the attribution never started"
+    http.close()  # the stream is gone: no cancel was sent
+    gone = time.monotonic()
+    while running_jobs(service) and time.monotonic() < gone + 8:  # alone, the job runs over 30 s
+        time.sleep(0.02)
+    assert running_jobs(service) == 0, "the job kept running after its visitor disconnected"
+    assert time.monotonic() - gone < 2.5
 
 
 def test_the_novelty_notice_is_the_python_apis(bundled_server, tmp_path):

@@ -85,19 +85,61 @@ def click_point(index, width: int, height: int) -> tuple[float, float]:
     return float(index[0]), float(index[1])
 
 
+def _abandoned(request: gr.Request | None) -> Callable[[], bool]:
+    """A test of whether the visitor behind `request` has gone: true once Gradio has marked one of the
+    session's running events dead, which it does when the session's event stream (the page's
+    /queue/data, an API client's /call/<api>/<event_id>) disconnects. Gradio then stops sending to the
+    event but leaves its handler running; this reads the queue's own record (`Event.alive`). Where a
+    Gradio version lacks it, the test is never true and the job ends by Cancel or the time limit."""
+    try:
+        queue, session = request.request.app.get_blocks()._queue, request.session_hash
+        queue.active_jobs  # noqa: B018  (present in Gradio 4-6)
+    except AttributeError:
+        return lambda: False
+    return lambda: any(not event.alive for job in list(queue.active_jobs) if job
+                       for event in job if event.session_hash == session)
+
+
+POLL_S = 0.2  # how often a heavy job looks for its visitor; a disconnect stops the job within a second
+
+
 def heavy(service: LensService, fn: Callable) -> Callable:
     """A heavy job's handler fn(sid, ...) run on a worker thread that Gradio's cancel reaches.
 
     Gradio stops an event (the Cancel button's `cancels=`, a client's /cancel, gradio_client's
     Job.cancel()) by cancelling the coroutine that awaits it; a plain sync handler would keep
     computing in its thread until done. Here the await gives up at once and sets the session's
-    cancel flag, which the job checks between steps, so the computation stops too.
+    cancel flag, which the job checks between steps, so the computation stops too. A visitor who
+    disconnects sends no cancel: a watcher sets the same flag when Gradio marks the event dead.
     """
-    @functools.wraps(fn)  # Gradio reads the signature through __wrapped__: gr.Progress is still injected
+    # Gradio injects a gr.Request only into a positional parameter annotated with it: fn's parameters
+    # plus `request` last (its Progress default stays where fn put it, so Gradio still injects that too).
+    declared = inspect.signature(fn)
+    request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                annotation=gr.Request)
+    declared = declared.replace(parameters=[*declared.parameters.values(), request])
+
     async def run(*args, **kwargs):
+        call = declared.bind(*args, **kwargs)
+        gone = _abandoned(call.arguments.pop("request", None))
+        sid = call.arguments[next(iter(call.arguments))]
+
+        async def watch():
+            while not gone():
+                await asyncio.sleep(POLL_S)
+            service.cancel(sid)
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(functools.partial(fn, *call.args, **call.kwargs),
+                                                  abandon_on_cancel=True)
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
-            service.cancel(args[0])
+            service.cancel(sid)
             raise
+        finally:
+            watcher.cancel()
+
+    functools.update_wrapper(run, fn)
+    run.__signature__ = declared
+    run.__annotations__ = {"request": gr.Request}  # what Gradio's get_type_hints reads; fn's own need not resolve here
     return run
