@@ -39,7 +39,15 @@ from PIL import Image
 from rvt import Bundle, ModelLimits, RvT, RvTConfig, load_checkpoint
 from rvt.analysis import Analysis, analyze, analyze_input, attention_gradients
 from rvt.assets import SCENE_CHECKPOINTS
-from rvt.budget import BudgetError, check_budget, gradient_batch, largest_size
+from rvt.budget import (
+    BudgetError,
+    attribution_bytes,
+    check_budget,
+    estimate,
+    estimate_bytes,
+    gradient_batch,
+    largest_size,
+)
 from rvt.faithfulness import ATTENTION_METHODS, FILLS, RANDOM, FaithfulnessConfig, Scorecard, scorecard
 from rvt.groundtruth import TEST_SEED, head_object_mass, key_mask, relevance_maps, score_methods, score_scene, silencing
 from rvt.preprocess import Preprocess, read_image
@@ -71,7 +79,8 @@ class ServerLimits:
 
     max_side: int = 448  # px per side of an inference resolution, whatever the model: 16x the bundled 28 px
     analysis_bytes: int = 10**9  # peak memory of one analysis (rvt.budget's estimate): 224 px on the bundled model
-    total_bytes: int = 10**9  # cached analyses of all sessions together; the least recently used go first
+    total_bytes: int = 10**9  # cached analyses of all sessions plus the running passes' estimates: the least
+    # recently used analyses go first, and a pass that still does not fit waits for others to end
     session_ttl: float = 600.0  # seconds of idleness after which a session's analysis is freed
     job_timeout: float = 120.0  # seconds a heavy job (attribution, export) may run
     max_steps: int = 128  # attribution steps / samples
@@ -219,6 +228,10 @@ class RandomSpec:
                          num_classes=num_classes)
 
 
+BUSY = ("The server is busy with other visitors' large analyses and could not make room for yours within "
+        "{:.0f} s: try again in a moment, or at a smaller inference resolution.")
+
+
 class LensService:
     def __init__(self, bundle: Bundle, limits: ServerLimits | None = None, *, bf16: bool = False,
                  model_limits: ModelLimits | None = None):
@@ -227,7 +240,9 @@ class LensService:
         self.bf16 = bf16
         self.bundled = ModelPool(bundle, shared=True)
         self._sessions: dict[str, SessionData] = {}
-        self._lock = threading.Lock()  # guards the session table only; model passes never take it
+        self._lock = threading.Lock()  # guards the session table and the memory account; passes never hold it
+        self._room = threading.Condition(self._lock)  # notified when a pass ends and its memory is given back
+        self._in_flight = 0  # bytes reserved by the running passes (rvt.budget's estimates)
         self._exports = Path(tempfile.mkdtemp(prefix="rvt-lens-exports-"))
         self.passes = 0  # model passes run so far (borrows of a replica), for tests and benchmarks
         self._shared: dict[str, ModelPool] = {}  # further read-only models every session may use, by path
@@ -245,15 +260,40 @@ class LensService:
         return pool
 
     @contextlib.contextmanager
-    def borrow(self, pool: ModelPool) -> Iterator[Bundle]:
-        """A private replica of `pool`'s model for one pass (counted in `passes`)."""
-        with self._lock:
-            self.passes += 1
-        with pool.borrow() as replica:
-            yield replica
+    def borrow(self, pool: ModelPool, need: int, keep: str | None = None) -> Iterator[Bundle]:
+        """A private replica of `pool`'s model for one pass (counted in `passes`) that may use `need` bytes.
 
-    def _borrow(self, data: SessionData):
-        return self.borrow(data.pool)
+        The bytes come out of `limits.total_bytes`, shared with the cached analyses: the least recently
+        used analyses (never `keep`'s, nor a session's with a running job) are freed to make room, and a
+        pass that still does not fit waits until running passes end. A pass with none running always
+        starts (its size passed the per-analysis budget), so the server's peak is about one budget.
+        """
+        deadline = time.monotonic() + self.limits.job_timeout
+        with self._room:
+            while True:
+                cached = self._drop_locked(room=self._in_flight + need, keep=keep)
+                if not self._in_flight or cached + self._in_flight + need <= self.limits.total_bytes:
+                    break
+                if not self._room.wait(max(0.0, deadline - time.monotonic())):
+                    raise UserError(BUSY.format(self.limits.job_timeout))
+            self._in_flight += need
+            self.passes += 1
+        try:
+            with pool.borrow() as replica:
+                yield replica
+        finally:
+            with self._room:
+                self._in_flight -= need
+                self._room.notify_all()
+
+    def pass_bytes(self, bundle: Bundle, size: tuple[int, int]) -> int:
+        """What one captured pass at `size` reserves: the analysis estimate, at most the per-analysis budget."""
+        return min(self.limits.analysis_bytes, estimate_bytes(bundle.config, size))
+
+    def _borrow(self, data: SessionData, sid: str, need: int | None = None):
+        """A replica of the session's model for a pass over its current analysis (at `data.size`)."""
+        size = data.size or data.bundle.preprocess.image_size
+        return self.borrow(data.pool, self.pass_bytes(data.bundle, size) if need is None else need, keep=sid)
 
     # ---- sessions ---------------------------------------------------------------------------------
 
@@ -299,22 +339,30 @@ class LensService:
         data.analysis, data.gradients = None, {}
 
     def sweep(self) -> None:
-        """Free sessions idle past the TTL, then the least recently used until under the memory cap."""
-        now = time.monotonic()
+        """Free sessions idle past the TTL, then the least recently used until the cached analyses and
+        the running passes fit the memory cap."""
         with self._lock:
-            expired = [sid for sid, d in self._sessions.items()
-                       if now - d.last_used > self.limits.session_ttl and d.job is None]
-            dropped = [self._sessions.pop(sid) for sid in expired]
-            by_age = sorted(self._sessions.items(), key=lambda item: item[1].last_used)
-            total = sum(d.nbytes for _, d in by_age)
-            for sid, d in by_age:
-                if total <= self.limits.total_bytes:
-                    break
-                if d.job is None:
-                    total -= d.nbytes
-                    dropped.append(self._sessions.pop(sid))
-        for data in dropped:
+            self._drop_locked(room=self._in_flight)
+
+    def _drop_locked(self, room: int, keep: str | None = None) -> int:
+        """Under the lock: drop the sessions idle past the TTL, then the least recently used (never `keep`,
+        nor one with a running job) until their analyses plus `room` bytes fit `limits.total_bytes`.
+        Returns the bytes the remaining sessions hold."""
+        now = time.monotonic()
+        expired = [sid for sid, d in self._sessions.items()
+                   if now - d.last_used > self.limits.session_ttl and d.job is None and sid != keep]
+        dropped = [self._sessions.pop(sid) for sid in expired]
+        by_age = sorted(self._sessions.items(), key=lambda item: item[1].last_used)
+        total = sum(d.nbytes for _, d in by_age)
+        for sid, d in by_age:
+            if total + room <= self.limits.total_bytes:
+                break
+            if d.job is None and sid != keep:
+                total -= d.nbytes
+                dropped.append(self._sessions.pop(sid))
+        for data in dropped:  # cheap: drops references (the memory goes with the last one) and an export folder
             self._release(data)
+        return total
 
     @property
     def live_sessions(self) -> int:
@@ -401,7 +449,7 @@ class LensService:
                     return data.analysis
                 data.analysis, data.gradients, data.query = None, {}, None  # a refusal leaves nothing stale
                 image = read_image(path)
-                with self._borrow(data) as replica:
+                with self.borrow(data.pool, self.pass_bytes(bundle, size), keep=sid) as replica:
                     analysis = analyze(replica, image, size, bf16=self.bf16)
             except Exception:
                 data.analysis, data.path, data.size = None, None, None
@@ -435,7 +483,8 @@ class LensService:
                 check_budget(data.bundle.config, data.size, self.limits.analysis_bytes, gradients=True)
             except BudgetError as e:
                 raise UserError(f"{e}. Choose a smaller inference resolution for gradient rollout.") from None
-            with self._borrow(data) as replica:
+            extra = estimate(data.bundle.config, data.size, gradients=True)  # besides the cached analysis
+            with self._borrow(data, sid, extra.gradients + extra.other) as replica:
                 gradients = attention_gradients(replica, analysis, target)
             while len(data.gradients) >= GRADIENT_CLASSES:  # keep the most recent few classes
                 data.gradients.pop(next(iter(data.gradients)))
@@ -495,8 +544,10 @@ class LensService:
         analysis = self.current(sid)
         data = self.session(sid)
         target = int(analysis.probs.argmax()) if target is None else self.check_class(data.bundle, target)
-        with self.job(sid) as job, self._borrow(data) as replica:
-            batch = gradient_batch(data.bundle.config, tuple(analysis.input.shape[-2:]), self.limits.analysis_bytes)
+        size = tuple(analysis.input.shape[-2:])
+        batch = gradient_batch(data.bundle.config, size, self.limits.analysis_bytes)
+        need = min(self.limits.analysis_bytes, attribution_bytes(data.bundle.config, size, batch))
+        with self.job(sid) as job, self._borrow(data, sid, need) as replica:
             attr = attribute(replica.model, analysis.input.to(replica.device), target, method, int(steps),
                              bool(smooth), batch, progress=progress, baseline=baseline, preprocess=replica.preprocess,
                              check=job.check)
@@ -512,7 +563,7 @@ class LensService:
         analysis = self.current(sid)
         data = self.session(sid)
         target = int(analysis.probs.argmax()) if target is None else self.check_class(data.bundle, target)
-        with self.job(sid) as job, self._borrow(data) as replica:
+        with self.job(sid) as job, self._borrow(data, sid) as replica:
             return scorecard(replica.model, analysis.input.to(replica.device), target, replica.preprocess,
                              FaithfulnessConfig(fills=(fill,)), progress=progress, check=job.check)
 
@@ -528,7 +579,7 @@ class LensService:
         predicted class scored against the key objects' masks (mass and rank accuracy)."""
         pool = self.scene_pool(name)
         size = self.check_size(pool.bundle, scene.image.shape[:2])
-        with self.borrow(pool) as replica:
+        with self.borrow(pool, self.pass_bytes(pool.bundle, size)) as replica:
             analysis = analyze(replica, Image.fromarray(scene.image), size, bf16=self.bf16)
             maps = relevance_maps(replica, [scene], LIVE_SCENE_METHODS, targets=analysis.probs.argmax()[None])[0]
         share = float(key_mask(scene.masks).mean())  # what a uniform map scores on both, as score_methods adds
@@ -539,7 +590,8 @@ class LensService:
         """Every explanation method of the faithfulness scorecard scored against the scene's key objects
         (plus what a uniform map scores). A heavy job."""
         pool = self.scene_pool(name)
-        with self.job(sid) as job, self.borrow(pool) as replica:
+        need = self.pass_bytes(pool.bundle, scene.image.shape[:2])
+        with self.job(sid) as job, self.borrow(pool, need, keep=sid) as replica:
             return score_methods(replica, [scene], check=job.check)
 
     def scene_heads(self, sid: str, name: str, count: int = 200, k: int = 2,
@@ -551,7 +603,8 @@ class LensService:
             return self._scene_heads[key]
         pool = self.scene_pool(name)
         tell = progress or (lambda fraction: None)
-        with self.job(sid) as job, self.borrow(pool) as replica:
+        need = self.pass_bytes(pool.bundle, pool.bundle.preprocess.image_size)
+        with self.job(sid) as job, self.borrow(pool, need, keep=sid) as replica:
             scenes = make_scenes(count, TEST_SEED, progress=lambda f: tell(0.3 * f), check=job.check)
             mass = head_object_mass(replica, scenes, check=job.check)
             tell(0.5)
@@ -569,7 +622,7 @@ class LensService:
         if not any(heads_off.values()) and not rotary_off:
             raise UserError("Choose at least one head or one layer to switch off.")
         data = self.session(sid)
-        with self._borrow(data) as replica:
+        with self._borrow(data, sid) as replica:
             return analyze_input(replica, analysis.input, analysis.image, heads_off=heads_off,
                                  rotary_off=rotary_off, bf16=self.bf16)
 
@@ -582,7 +635,7 @@ class LensService:
         if data.export_dir is not None:
             shutil.rmtree(data.export_dir, ignore_errors=True)  # one export per session on disk
         data.export_dir = Path(tempfile.mkdtemp(prefix="export-", dir=self._exports))
-        with self.job(sid) as job, self._borrow(data) as replica:
+        with self.job(sid) as job, self._borrow(data, sid) as replica:
             def tick(fraction: float, what: str) -> None:
                 job.check()
                 if progress is not None:

@@ -121,9 +121,17 @@ def gradient_batch(config, size: tuple[int, int], budget: int, most: int = 64) -
     `budget` bytes, at least 1 and at most `most`. Each image keeps about one float32 (H, N, N) map
     per layer for the backward (measured 34 MB per image at 112 px on the bundled model, where this
     counts 59 MB) plus its activations."""
+    return max(1, min(most, (budget - OVERHEAD) // _gradient_image(config, size)))
+
+
+def attribution_bytes(config, size: tuple[int, int], batch: int) -> int:
+    """Bytes an attribution pass of `batch` images of `size` (H, W) holds (see `gradient_batch`)."""
+    return OVERHEAD + batch * _gradient_image(config, size)
+
+
+def _gradient_image(config, size: tuple[int, int]) -> int:
     n = _tokens(config, size)
-    per_image = config.depth * (config.heads * n * n * 4 + _activations(config, n))
-    return max(1, min(most, (budget - OVERHEAD) // per_image))
+    return config.depth * (config.heads * n * n * 4 + _activations(config, n))
 
 
 def largest_size(config, budget: int, aspect: tuple[int, int] = (1, 1), *,

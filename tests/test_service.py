@@ -121,11 +121,49 @@ def test_total_memory_cap_evicts_the_least_recently_used(checkpoint, garment):
     one = service.analyze(first, garment)
     size = service.session(first).nbytes
     assert size > 0 and one is not None
-    service = make(checkpoint, total_bytes=int(size * 2.5))
-    sids = [service.open_session() for _ in range(3)]
-    for sid in sids:
+    need = service.pass_bytes(service.bundled.bundle, (28, 28))  # a pass's reservation, counted in the same cap
+    service = make(checkpoint, total_bytes=int(size * 2.5) + need)
+    sids = [service.open_session() for _ in range(4)]
+    for sid in sids[:3]:
         service.analyze(sid, garment)
-    assert not service.has_analysis(sids[0]) and service.has_analysis(sids[2])
+    assert all(service.has_analysis(sid) for sid in sids[:3])  # 3 analyses fit once no pass runs
+    service.analyze(sids[3], garment)  # its pass needs room: the least recently used analysis goes first
+    assert not service.has_analysis(sids[0]) and all(service.has_analysis(sid) for sid in sids[1:])
+
+
+def test_a_pass_waits_for_room_and_one_alone_always_runs(checkpoint):
+    """Cached analyses and running passes share `total_bytes`: a pass that does not fit beside the running
+    ones waits until one ends (or gives up with a busy message), and a pass with none running starts."""
+    service = make(checkpoint, total_bytes=100, job_timeout=1.0)
+    pool, entered, leave = service.bundled, threading.Event(), threading.Event()
+
+    def hold():
+        with service.borrow(pool, need=80):
+            entered.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert entered.wait(10)
+    with pytest.raises(UserError, match="busy"), service.borrow(pool, need=30):
+        pass
+    waited = []
+
+    def second():
+        start = time.monotonic()
+        with service.borrow(pool, need=30):
+            waited.append(time.monotonic() - start)
+
+    late = threading.Thread(target=second)
+    late.start()
+    time.sleep(0.1)
+    assert not waited  # still waiting for room
+    leave.set()
+    holder.join()
+    late.join()
+    assert waited and waited[0] >= 0.1
+    with service.borrow(pool, need=500):  # over the total, but alone: it runs
+        assert service.passes == 3
 
 
 def test_sizes_are_bounded_by_the_server_not_the_model(checkpoint, garment):

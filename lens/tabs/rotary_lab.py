@@ -276,7 +276,7 @@ class RotaryLabPart(Part):
         if not bands or not layers:
             raise UserError("Choose at least one band and one layer to switch off.")
         try:
-            with service._borrow(data) as replica:
+            with service._borrow(data, sid) as replica:
                 result = band_ablation(replica, analysis, {layer: bands for layer in layers})
         except ValueError as e:
             raise UserError(str(e)) from None
@@ -294,7 +294,9 @@ class RotaryLabPart(Part):
         analysis, data = service.current(sid), service.session(sid)
         scales, too_large = self.sweep_scales(data.bundle)
         image = read_image(data.path) if data.path and Path(data.path).exists() else Image.fromarray(analysis.image)
-        with service.job(sid) as job, service._borrow(data) as replica:
+        patch, largest = data.bundle.config.patch_size, max(scales)  # the widest pass it runs, within the budget
+        need = service.pass_bytes(data.bundle, tuple(round(n * largest) * patch for n in data.bundle.train_grid))
+        with service.job(sid) as job, service._borrow(data, sid, need) as replica:
             sweep = resolution_sweep(replica, image, scales, progress=progress, check=job.check,
                                      budget=service.limits.analysis_bytes)
         if not sweep["rows"]:
