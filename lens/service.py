@@ -345,9 +345,10 @@ class LensService:
             self._drop_locked(room=self._in_flight)
 
     def _drop_locked(self, room: int, keep: str | None = None) -> int:
-        """Under the lock: drop the sessions idle past the TTL, then the least recently used (never `keep`,
-        nor one with a running job) until their analyses plus `room` bytes fit `limits.total_bytes`.
-        Returns the bytes the remaining sessions hold."""
+        """Under the lock: drop the sessions idle past the TTL, then free the least recently used analyses
+        (never `keep`'s, nor one with a running job) until what sessions hold plus `room` bytes fits
+        `limits.total_bytes`. A freed analysis runs again when its visitor next asks (`current`); a
+        session holding only its own model goes whole. Returns the bytes the sessions still hold."""
         now = time.monotonic()
         expired = [sid for sid, d in self._sessions.items()
                    if now - d.last_used > self.limits.session_ttl and d.job is None and sid != keep]
@@ -358,8 +359,12 @@ class LensService:
             if total + room <= self.limits.total_bytes:
                 break
             if d.job is None and sid != keep:
-                total -= d.nbytes
-                dropped.append(self._sessions.pop(sid))
+                held = d.nbytes
+                if d.analysis is not None:
+                    d.analysis, d.gradients = None, {}  # the path and size stay: `current` runs it again
+                else:
+                    dropped.append(self._sessions.pop(sid))
+                total -= held - (d.nbytes if sid in self._sessions else 0)
         for data in dropped:  # cheap: drops references (the memory goes with the last one) and an export folder
             self._release(data)
         return total
@@ -463,12 +468,23 @@ class LensService:
         data.analysis, data.gradients, data.query, data.path, data.size = None, {}, None, None, None
 
     def has_analysis(self, sid: str | None) -> bool:
+        """Whether `current(sid)` has an analysis to give: held, or freed for room and able to run again."""
         with self._lock:
             data = self._sessions.get(sid or "")
-            return data is not None and data.analysis is not None
+            return data is not None and (data.analysis is not None or data.path is not None)
 
     def current(self, sid: str) -> Analysis:
-        analysis = self.session(sid).analysis
+        """The session's analysis; one freed to make room for other visitors' passes runs again (one pass,
+        the clicked query kept)."""
+        data = self.session(sid)
+        analysis = data.analysis
+        if analysis is None and data.path is not None:
+            if not Path(data.path).exists():
+                raise SessionExpired("This session's upload was removed from the server's cache: upload the image "
+                                     "again.")
+            query = data.query
+            analysis = self.analyze(sid, data.path, data.size)
+            data.query = query
         if analysis is None:
             raise UserError(NO_IMAGE)
         return analysis

@@ -128,7 +128,12 @@ def test_total_memory_cap_evicts_the_least_recently_used(checkpoint, garment):
         service.analyze(sid, garment)
     assert all(service.has_analysis(sid) for sid in sids[:3])  # 3 analyses fit once no pass runs
     service.analyze(sids[3], garment)  # its pass needs room: the least recently used analysis goes first
-    assert not service.has_analysis(sids[0]) and all(service.has_analysis(sid) for sid in sids[1:])
+    held = [service.session(sid).analysis is not None for sid in sids]
+    assert held == [False, True, True, True]
+    passes = service.passes
+    again = service.current(sids[0])  # its visitor comes back: the analysis runs again, once
+    assert service.passes == passes + 1 and torch.equal(again.probs, one.probs)
+    assert service.current(sids[0]) is again and service.passes == passes + 1
 
 
 def test_a_pass_waits_for_room_and_one_alone_always_runs(checkpoint):
