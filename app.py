@@ -12,10 +12,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported:
 
 import argparse
 import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 from lens.service import LensService, ServerLimits
-from lens.ui import build_app, launch
 from rvt import load_checkpoint, pick_device
 from rvt.assets import BUNDLED_CHECKPOINT
 from rvt.budget import parse_bytes
@@ -56,8 +57,20 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
                         session_ttl=args.session_ttl, job_timeout=args.job_timeout)
 
 
+def own_cache() -> Path:
+    """A folder of this server's own for Gradio's cache (uploads and every file a response returns), inside
+    GRADIO_TEMP_DIR or the system's temp folder, removed on exit: Gradio's `delete_cache` only removes
+    files past their age and leaves the rest behind. Set before gradio is imported, which reads it then."""
+    cache = Path(tempfile.mkdtemp(prefix="rvt-lens-cache-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    return cache
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    own_cache()
+    from lens.ui import build_app, launch  # imports gradio: after its cache folder is set
     thread_policy(args.threads)  # two passes run at once (lens.ui.LANES): on two cores, one thread each
     service = LensService(load_checkpoint(args.checkpoint, pick_device(args.device)), limits_from(args),
                           bf16=args.precision == "bf16")

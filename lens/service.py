@@ -369,6 +369,11 @@ class LensService:
             self._release(data)
         return total
 
+    def is_live(self, sid: str | None) -> bool:
+        """Whether `sid` is a session the service still holds (not expired, closed or never opened)."""
+        with self._lock:
+            return (sid or "") in self._sessions
+
     @property
     def live_sessions(self) -> int:
         with self._lock:

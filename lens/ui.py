@@ -8,6 +8,11 @@ run no model.
 """
 from __future__ import annotations
 
+import datetime
+import threading
+import time
+import weakref
+
 import gradio as gr
 
 from lens import texts
@@ -49,6 +54,7 @@ def build_app(service: LensService) -> gr.Blocks:
                 for part_type in TABS:
                     with gr.Tab(part_type.title) as tab:
                         tabs.append((part_type(ctx), tab))
+        _janitor(demo, service, ctx.session)
         parts = [inputs, *(part for part, _ in tabs)]
         for part in parts:
             part.wire()
@@ -131,6 +137,50 @@ def _opened(ctx: Context, part):
         fresh = part.lazy and ctx.service.has_analysis(sid)
         return {ctx.visible: part.title, **(part.draw(sid, values) if fresh else {})}
     return opened
+
+
+def forget_gone_visitors(demo: gr.Blocks, service: LensService, session: gr.State) -> int:
+    """Free Gradio's record of every visitor who is gone: idle past the session TTL, and with a closed page
+    or a service session that has expired. Returns how many were freed.
+
+    Gradio keeps a SessionState per visitor (a copy of the whole page's config: about 0.5 MB for this
+    page) for up to 10,000 visitors and never frees one: a closed page only marks it closed, and an API
+    client never opens the heartbeat that would. The service's TTL frees the analyses; this frees the
+    rest. A page left open past the TTL keeps its record while its heartbeat says it is open."""
+    holder = getattr(demo, "state_holder", None)  # set by launch
+    if holder is None:
+        return 0
+    service.sweep()
+    now, ttl = datetime.datetime.now(), datetime.timedelta(seconds=service.limits.session_ttl)
+    gone = []
+    with holder.lock:
+        for key, state in list(holder.session_data.items()):
+            last = holder.time_last_used.get(key)
+            sid = state.state_data.get(session._id)
+            if last is not None and now - last > ttl and (state.is_closed or not service.is_live(sid)):
+                holder.session_data.pop(key)
+                holder.time_last_used.pop(key, None)
+                gone.append(sid)
+    for sid in gone:
+        service.close_session(sid)
+    return len(gone)
+
+
+def _janitor(demo: gr.Blocks, service: LensService, session: gr.State) -> None:
+    """A daemon thread running `forget_gone_visitors` every half TTL (1-60 s) while `demo` serves; it
+    ends once the demo has closed or is gone."""
+    every, app = min(60.0, max(1.0, service.limits.session_ttl / 2)), weakref.ref(demo)
+
+    def run():
+        served = False
+        while (demo := app()) is not None and not (served and not demo.is_running):
+            served |= demo.is_running
+            if served:
+                forget_gone_visitors(demo, service, session)
+            del demo
+            time.sleep(every)
+
+    threading.Thread(target=run, name="rvt-lens-janitor", daemon=True).start()
 
 
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs):

@@ -16,12 +16,13 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_server import serve
+from app_server import free_port, serve
 from conftest import small_config
 from lens import texts
+from lens.service import LensService, ServerLimits
 from lens.tabs.inputs import notice
 from lens.tabs.model import BUNDLED, RANDOM, UPLOADED
-from lens.ui import build_app
+from lens.ui import build_app, launch
 from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
 from rvt.assets import BUNDLED_CHECKPOINT, EXAMPLES
 from rvt.faithfulness import clear_caches
@@ -397,3 +398,26 @@ def test_click_data_is_validated_on_the_server(server, images):
     stream = httpx.get(f"{url}gradio_api/call/pick_query/{answer.json()['event_id']}", timeout=30).text
     assert "event: error" in stream
     assert len(client.predict(2, 0, True, api_name="/layer")) == 4
+
+
+def test_gradio_forgets_visitors_once_they_are_gone(images):
+    """Gradio's per-visitor record (a copy of the page's config, about 0.5 MB here) is freed once the
+    visitor's service session has expired, for API clients too, which never close a page."""
+    service = LensService(load_checkpoint(BUNDLED_CHECKPOINT, "cpu"), ServerLimits(session_ttl=1.0))
+    demo, port = build_app(service), free_port()
+    try:
+        launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(3)]
+        for client in clients:
+            predict(client, images / "garment.png")
+        hashes = {client.session_hash for client in clients}
+        assert hashes <= set(demo.state_holder.session_data)
+        deadline = time.monotonic() + 10  # TTL 1 s, the janitor looks every second
+        while hashes & set(demo.state_holder.session_data) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not hashes & set(demo.state_holder.session_data), "Gradio still holds the gone visitors' state"
+        assert service.live_sessions == 0
+        predict(clients[0], images / "garment.png")  # a visitor who comes back gets a fresh session
+    finally:
+        demo.close()
+        service.close()
