@@ -61,7 +61,10 @@ def own_cache() -> Path:
     """A folder of this server's own for Gradio's cache (uploads and every file a response returns), inside
     GRADIO_TEMP_DIR or the system's temp folder, removed on exit: Gradio's `delete_cache` only removes
     files past their age and leaves the rest behind. Set before gradio is imported, which reads it then."""
-    cache = Path(tempfile.mkdtemp(prefix="rvt-lens-cache-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+    parent = os.environ.get("GRADIO_TEMP_DIR")
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)  # Gradio makes it when missing: so do we
+    cache = Path(tempfile.mkdtemp(prefix="rvt-lens-cache-", dir=parent))
     os.environ["GRADIO_TEMP_DIR"] = str(cache)
     atexit.register(shutil.rmtree, cache, ignore_errors=True)
     return cache
