@@ -22,6 +22,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import os
 import queue
 import shutil
 import tempfile
@@ -315,7 +316,10 @@ class LensService:
                                      f"or to make room for other visitors, or the server restarted): upload the "
                                      f"image again.")
             data.last_used = time.monotonic()
-            return data
+        if data.path is not None:  # the upload stays as new as the session: caches prune files by age (ctime)
+            with contextlib.suppress(OSError):
+                os.utime(data.path)
+        return data
 
     def session_or_new(self, sid: str | None) -> str:
         """`sid` if that session is live, else a new session's id (first visit, or expired)."""
@@ -346,25 +350,27 @@ class LensService:
 
     def _drop_locked(self, room: int, keep: str | None = None) -> int:
         """Under the lock: drop the sessions idle past the TTL, then free the least recently used analyses
-        (never `keep`'s, nor one with a running job) until what sessions hold plus `room` bytes fits
-        `limits.total_bytes`. A freed analysis runs again when its visitor next asks (`current`); a
-        session holding only its own model goes whole. Returns the bytes the sessions still hold."""
+        (never `keep`'s, nor one running a job or an analysis) until what sessions hold plus `room` bytes
+        fits `limits.total_bytes`. A freed analysis runs again when its visitor next asks (`current`); an
+        idle session holding only its own model goes whole. Returns the bytes the sessions still hold."""
         now = time.monotonic()
         expired = [sid for sid, d in self._sessions.items()
-                   if now - d.last_used > self.limits.session_ttl and d.job is None and sid != keep]
+                   if now - d.last_used > self.limits.session_ttl and d.job is None and sid != keep
+                   and not d.analyzing.locked()]
         dropped = [self._sessions.pop(sid) for sid in expired]
         by_age = sorted(self._sessions.items(), key=lambda item: item[1].last_used)
         total = sum(d.nbytes for _, d in by_age)
         for sid, d in by_age:
             if total + room <= self.limits.total_bytes:
                 break
-            if d.job is None and sid != keep:
-                held = d.nbytes
-                if d.analysis is not None:
-                    d.analysis, d.gradients = None, {}  # the path and size stay: `current` runs it again
-                else:
-                    dropped.append(self._sessions.pop(sid))
-                total -= held - (d.nbytes if sid in self._sessions else 0)
+            if d.job is not None or sid == keep or d.analyzing.locked():  # in use: its pass counts in `room`
+                continue
+            held = d.nbytes
+            if d.analysis is not None:
+                d.analysis, d.gradients = None, {}  # the path and size stay: `current` runs it again
+            elif not d.pool.shared:
+                dropped.append(self._sessions.pop(sid))
+            total -= held - (d.nbytes if sid in self._sessions else 0)
         for data in dropped:  # cheap: drops references (the memory goes with the last one) and an export folder
             self._release(data)
         return total

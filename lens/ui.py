@@ -41,7 +41,10 @@ THEME_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"],
 
 
 def build_app(service: LensService) -> gr.Blocks:
-    with gr.Blocks(title="RvT Lens", delete_cache=(300, 900)) as demo:
+    # Gradio's cache (uploads and every file a response returned) ages out with the sessions: a file older
+    # than the TTL goes, checked every half TTL; a live session's upload is kept fresh by the service.
+    ttl = max(1, round(service.limits.session_ttl))
+    with gr.Blocks(title="RvT Lens", delete_cache=(max(1, min(300, ttl // 2)), ttl)) as demo:
         ctx = Context(service=service, session=gr.State(None, delete_callback=service.close_session),
                       visible=gr.State(AttentionPart.title))
         gr.Markdown(texts.HEADER)

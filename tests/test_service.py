@@ -320,3 +320,17 @@ def test_the_analysis_carries_the_novelty_of_the_python_api(checkpoint, garment)
     assert analysis.novelty.score == pytest.approx(expected.score, abs=1e-5)
     assert analysis.novelty.flag is None and "no novelty statistics" in analysis.novelty.reason
     assert service.whatif(sid, {0: [0]}, []).novelty is None  # a what-if re-run says nothing about the input
+
+
+def test_a_live_sessions_upload_stays_new_for_age_based_pruning(checkpoint, garment, tmp_path):
+    """Gradio prunes its cache by file age (ctime): the upload a live session re-runs from is touched on
+    every use, so pruning files older than the session TTL only takes what gone visitors left."""
+    upload = tmp_path / "upload.png"
+    upload.write_bytes(garment.read_bytes())
+    service = make(checkpoint)
+    sid = service.open_session()
+    service.analyze(sid, upload)
+    before = upload.stat().st_ctime_ns
+    time.sleep(0.02)
+    service.current(sid)
+    assert upload.stat().st_ctime_ns > before
