@@ -14,6 +14,7 @@ Two paths:
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -309,6 +310,9 @@ def read_image(path, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> 
         raise ImageInputError(f"refused as a decompression bomb ({e}); {accepted}") from None
     except UnidentifiedImageError:
         raise ImageInputError(f"the file is not an image Pillow can read; {accepted}") from None
+    except FileNotFoundError:
+        raise ImageInputError(f"there is no file {os.path.basename(str(path))!r} (on a server: the upload was removed "
+                              f"after its time to live): open the image again") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageInputError(f"the image is damaged or truncated ({e}); {accepted}") from None
     if min(image.size) < min_side:

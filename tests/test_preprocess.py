@@ -170,3 +170,8 @@ def test_decoded_modes_are_handled():
     assert pre.to_unit(read_image(cases[1]))[0, 14, 14] > 0.8  # 16-bit scaled by its own range, not clipped
     view = pre.view(read_image(cases[4]))
     assert view.box[0] > 25  # EXIF applied: after the clockwise turn the item sits on the right
+
+
+def test_a_missing_file_is_named_not_called_damaged(tmp_path):
+    with pytest.raises(ImageInputError, match="there is no file 'gone.png'.*open the image again"):
+        read_image(tmp_path / "gone.png")
