@@ -489,10 +489,7 @@ class LensService:
         the clicked query kept)."""
         data = self.session(sid)
         analysis = data.analysis
-        if analysis is None and data.path is not None:
-            if not Path(data.path).exists():
-                raise SessionExpired("This session's upload was removed from the server's cache: upload the image "
-                                     "again.")
+        if analysis is None and data.path is not None:  # a removed upload: read_image says so, nothing stays
             query = data.query
             analysis = self.analyze(sid, data.path, data.size)
             data.query = query
