@@ -1,6 +1,7 @@
 """Attribution baselines: what each one is, IG's completeness against it, and what the text says."""
 import pytest
 import torch
+from captum.attr import IntegratedGradients
 from PIL import Image
 
 from conftest import small_config
@@ -14,8 +15,10 @@ from viz.attributions import (
     baseline_input,
     describe,
     describe_baseline,
+    smooth_nodes,
     smoothgrad_maps,
 )
+from viz.attributions import _shared_grid_smoothgrad as shared_grid_smoothgrad
 from viz.render import figure_to_image
 
 PRE = Preprocess()  # Fashion-MNIST's normalisation: black is -0.286 / 0.353
@@ -107,6 +110,46 @@ def test_smoothgrad_family_without_noise_is_the_gradient(model, garment):
     assert maps["vargrad"].abs().max() < 1e-6
     noisy = smoothgrad_maps(model, garment, 4, samples=6, stdev=0.3)
     assert noisy["vargrad"].min() >= -1e-7 and noisy["vargrad"].max() > 0
+
+
+def test_smoothgrad_ig_copies_share_one_midpoint_rule(model, garment):
+    """Without noise the copies are one input, and their interleaved nodes make IG's midpoint rule."""
+    black = baseline_input(garment, "black", PRE)
+    shared = shared_grid_smoothgrad(model, garment, 5, black, steps=12, batch_size=3, copies=4, stdev=0.0)
+    midpoint = IntegratedGradients(model).attribute(garment, baselines=black, target=5, n_steps=12,
+                                                    method="riemann_middle")
+    assert torch.allclose(shared, midpoint, atol=1e-6 * midpoint.abs().max().item())
+
+
+def test_smoothgrad_ig_is_the_mean_of_noisy_igs_on_interleaved_nodes_at_the_cost_of_ig(model, garment):
+    """The public path against the estimator written out with autograd: copy k's noise from the seeded
+    draw, its gradients at path fractions (j * copies + k + 0.5) / nodes, times (copy - baseline)."""
+    target, steps, copies = 7, 20, 8
+    nodes = smooth_nodes(steps)
+    assert nodes == 24  # rounded up to a multiple of the copies
+    sizes = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return model(x)
+
+    attr = attribute(Counting(), garment, target, "Integrated Gradients", steps=steps, noise_tunnel=True,
+                     batch_size=5, preprocess=PRE)
+    assert sum(sizes) == nodes and max(sizes) <= 5  # NoiseTunnel would have run 8 x 20
+
+    black = baseline_input(garment, "black", PRE)
+    noise = 0.15 * torch.randn((copies, *garment.shape[1:]), generator=torch.Generator().manual_seed(0))
+    expected = torch.zeros_like(garment)
+    for k in range(copies):
+        copy = garment + noise[k:k + 1]
+        fractions = (torch.arange(nodes // copies) * copies + k + 0.5) / nodes
+        points = (black + fractions[:, None, None, None] * (copy - black)).requires_grad_(True)
+        with torch.enable_grad():
+            grad, = torch.autograd.grad(model(points)[:, target].sum(), points)
+        expected += (copy - black) * grad.mean(0, keepdim=True) / copies
+    assert torch.allclose(attr, expected, atol=1e-5 * expected.abs().max().item())
+    assert "share 24 points" in describe("Integrated Gradients", "black", PRE, True, steps=steps)
 
 
 def test_check_cancels_an_attribution(model, garment):

@@ -48,7 +48,8 @@ class AttributionsPart(Part):
                                                progress=lambda f: progress(f, desc=method), baseline=baseline)
             analysis, bundle = service.current(sid), service.session(sid).bundle
             title = f"{method}{' + SmoothGrad' if smooth else ''} for '{analysis.labels[target]}'"
-            note = describe(method, baseline, bundle.preprocess, bool(smooth), analysis.image.shape[:2])
+            note = describe(method, baseline, bundle.preprocess, bool(smooth), analysis.image.shape[:2],
+                            int(steps))
             return figure_to_image(attribution_figure(analysis.image, attr, title, note))
 
         @guarded

@@ -17,7 +17,7 @@ from einops import reduce
 from torch import nn
 
 from viz.attributions import METHODS as CAPTUM_METHODS
-from viz.attributions import attribute, smoothgrad_maps
+from viz.attributions import SMOOTH_COPIES, SMOOTH_STDEV, attribute, smoothgrad_maps
 from viz.rollout import FUSIONS, attention_rollout, cls_relevance, gradient_rollout
 
 from ..capture import capture
@@ -43,8 +43,8 @@ class MapSettings:
     baseline: str = "black"  # IG, GradientShap and Occlusion start from the dataset's background (issue 8)
     ig_steps: int = 16  # ranks of |IG| are stable by 16 steps; the randomisation cascade runs it once per stage
     shap_samples: int = 8  # GradientShap draws, as many as SmoothGrad's
-    smooth_samples: int = 8  # the app's NoiseTunnel sample count
-    smooth_stdev: float = 0.15  # the app's NoiseTunnel noise, in normalised units
+    smooth_samples: int = SMOOTH_COPIES  # the app's SmoothGrad copies
+    smooth_stdev: float = SMOOTH_STDEV  # and their noise
     seed: int = 0  # noise draws, the random map and the randomised weights
     batch_size: int = 128  # images per model pass
 
