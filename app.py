@@ -59,8 +59,8 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
 
 def own_cache() -> Path:
     """A folder of this server's own for Gradio's cache (uploads and every file a response returns), inside
-    GRADIO_TEMP_DIR or the system's temp folder, removed on exit: Gradio's `delete_cache` only removes
-    files past their age and leaves the rest behind. Set before gradio is imported, which reads it then."""
+    GRADIO_TEMP_DIR or the system's temp folder, removed on exit: pruning by age (`lens.ui.prune_cache`)
+    leaves the newest files behind. Set before gradio is imported, which reads it then."""
     parent = os.environ.get("GRADIO_TEMP_DIR")
     if parent:
         Path(parent).mkdir(parents=True, exist_ok=True)  # Gradio makes it when missing: so do we

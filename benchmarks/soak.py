@@ -291,8 +291,8 @@ def phase_sessions(args, rows: list) -> None:
             errors = sum(f.exception() is not None for f in futures)
         elapsed = time.perf_counter() - t
         after, disk1 = server.rss_mb(), server.disk()
-        time.sleep(args.ttl + 1)
-        visit(server.url, 28, None)  # the service frees idle sessions when a request arrives
+        time.sleep(args.ttl + max(1.0, args.ttl / 2) + 1)  # the TTL, then the janitor's round (half a TTL)
+        visit(server.url, 28, None)
         expired, disk2 = server.rss_mb(), server.disk()
     rows += [[f"sessions: {args.sessions} new visitors at 28 px, /predict + /predict_panels ({args.clients} "
               f"clients, {elapsed:.0f} s, {errors} errors, TTL {args.ttl:g} s): RSS start / after / after TTL",

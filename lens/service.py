@@ -342,11 +342,13 @@ class LensService:
             shutil.rmtree(data.export_dir, ignore_errors=True)
         data.analysis, data.gradients = None, {}
 
-    def sweep(self) -> None:
+    def sweep(self) -> int:
         """Free sessions idle past the TTL, then the least recently used until the cached analyses and
-        the running passes fit the memory cap."""
+        the running passes fit the memory cap. Returns how many sessions went."""
         with self._lock:
+            before = len(self._sessions)
             self._drop_locked(room=self._in_flight)
+            return before - len(self._sessions)
 
     def _drop_locked(self, room: int, keep: str | None = None) -> int:
         """Under the lock: drop the sessions idle past the TTL, then free the least recently used analyses

@@ -1,13 +1,16 @@
 """The explorer through gradio_client and plain HTTP: what a visitor and an API user get."""
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zipfile
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ from lens import texts
 from lens.service import LensService, ServerLimits
 from lens.tabs.inputs import notice
 from lens.tabs.model import BUNDLED, RANDOM, UPLOADED
-from lens.ui import build_app, launch
+from lens.ui import build_app, launch, prune_cache
 from rvt import Preprocess, RvT, load_checkpoint, save_checkpoint
 from rvt.assets import BUNDLED_CHECKPOINT, EXAMPLES
 from rvt.faithfulness import clear_caches
@@ -421,3 +424,38 @@ def test_gradio_forgets_visitors_once_they_are_gone(images):
     finally:
         demo.close()
         service.close()
+
+
+def test_cache_pruning_keeps_examples_and_new_uploads_while_uploads_arrive(images, tmp_path):
+    """Old files go with their folders while another thread adds uploads, which Gradio's own
+    delete_cache task does not survive ("Set changed size during iteration"); new files and a
+    component's example stay."""
+    with gr.Blocks() as demo:
+        example = gr.Image(value=str(images / "garment.png"))
+    kept = next(iter(example.keep_in_cache))
+    files, old = demo.temp_file_sets[0], []
+    for i in range(3000):
+        (tmp_path / f"old{i}").mkdir()
+        old.append(tmp_path / f"old{i}" / "upload.png")
+        old[-1].write_bytes(b"x")
+        files.add(str(old[-1]))
+    time.sleep(0.05)
+    new, stop = [], threading.Event()
+
+    def upload():
+        while not stop.is_set() and len(new) < 20000:
+            new.append(tmp_path / f"new{len(new)}.png")
+            new[-1].write_bytes(b"y")
+            files.add(str(new[-1]))
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        removed = prune_cache(demo, age=0.01)
+    finally:
+        stop.set()
+        uploader.join()
+    assert removed == 3000 and not any(path.parent.exists() for path in old)
+    assert len(new) > 0 and all(path.exists() and str(path) in files for path in new)  # arrived meanwhile
+    assert os.path.exists(kept)
+    assert prune_cache(demo, age=3600) == 0
