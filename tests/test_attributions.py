@@ -1,4 +1,5 @@
 """Attribution baselines: what each one is, IG's completeness against it, and what the text says."""
+import numpy as np
 import pytest
 import torch
 from captum.attr import IntegratedGradients
@@ -12,6 +13,7 @@ from viz.attributions import (
     METHODS,
     attribute,
     attribution_figure,
+    attribution_image,
     baseline_input,
     describe,
     describe_baseline,
@@ -185,6 +187,23 @@ def test_attribution_figure_carries_the_note(model, garment):
     assert isinstance(noted, Image.Image) and noted.height > plain.height
     assert plt.get_fignums() == []
     assert set(METHODS) == {"Integrated Gradients", "Saliency", "Occlusion", "GradientShap"}
+
+
+def test_attribution_image_draws_the_signed_map_and_the_evidence_over_the_input():
+    """The page's Pillow picture: red where a pixel counts for the class, blue against, and the
+    evidence panel shows the input untouched wherever the score is not positive."""
+    image = np.full((28, 28, 3), 40, np.uint8)
+    attr = torch.zeros(1, 1, 28, 28)
+    attr[..., :14, :] = 2.0  # top half for the class
+    attr[..., 14:, :] = -1.0  # bottom half against
+    picture = np.asarray(attribution_image(image, attr, "IG"))
+    top, side = 52, 200  # the panels' top and side in pixels (attribution_image's layout)
+    signed_for, signed_against = picture[top + 50, 245 + 100].astype(int), picture[top + 150, 245 + 100].astype(int)
+    assert signed_for[0] > signed_for[2] + 50 and signed_against[2] > signed_against[0] + 50
+    evidence_for, evidence_against = picture[top + 50, 495 + 100], picture[top + 150, 495 + 100]
+    assert tuple(evidence_against) == (40, 40, 40) and tuple(evidence_for) != (40, 40, 40)
+    noted = attribution_image(image, attr, "IG", describe("Integrated Gradients", "black", PRE))
+    assert noted.height > picture.shape[0] and picture.shape[0] >= top + side
 
 
 def test_attribution_passes_hold_at_most_the_batch_the_budget_allows():

@@ -8,6 +8,7 @@ against a flat grey, the black background of a Fashion-MNIST image counts as evi
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections.abc import Callable
 
 import numpy as np
@@ -18,7 +19,8 @@ from PIL import Image, ImageFilter
 
 from rvt.preprocess import Preprocess
 
-from .render import new_figure
+from .render import colorize, new_figure
+from .sheet import WIDTH, Sheet
 
 METHODS = ("Integrated Gradients", "Saliency", "Occlusion", "GradientShap")
 BASELINES = ("black", "blur", "mean", "noise")
@@ -284,13 +286,48 @@ def smoothgrad_maps(model: torch.nn.Module, x: torch.Tensor, target: int, sample
     return {"smoothgrad": mean, "smoothgrad_sq": squares, "vargrad": squares - mean ** 2}
 
 
+def _signed_map(attribution: torch.Tensor) -> tuple[np.ndarray, float]:
+    """The (H, W) map with channels summed and the colour scale's half-width (its largest magnitude)."""
+    signed = attribution[0].sum(0).float().numpy()
+    return signed, float(np.abs(signed).max()) or 1.0
+
+
+def attribution_image(image: np.ndarray, attribution: torch.Tensor, title: str, note: str = "") -> Image.Image:
+    """`attribution_figure` drawn with Pillow for the page (a few ms instead of ~175 ms): the input, the
+    signed attribution on a symmetric red-blue scale with its colour bar, and the positive evidence in
+    inferno over the input (where the score is above zero, 60% opaque), each panel 200 px."""
+    signed, limit = _signed_map(attribution)
+    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+    positive = np.clip(signed, 0, None)
+    alpha = 0.6 * (positive > 0)[..., None]
+    evidence = (rgb * (1 - alpha) + colorize(positive, "inferno", 0, limit) * alpha).round().astype(np.uint8)
+    side = 200
+    h, w = signed.shape
+    box = (round(side * w / max(h, w)), round(side * h / max(h, w)))  # the map's aspect, longer side 200 px
+    sheet = Sheet(64 + box[1] + (16 * len(textwrap.wrap(note, 110)) + 10 if note else 6))
+    sheet.text((WIDTH / 2, 8), title, 14, anchor="ma")
+    top = 52
+    panels = (("input", rgb), ("attribution (red: for, blue: against)", None), ("evidence for the class", evidence))
+    for i, (caption, pixels) in enumerate(panels):
+        x = (15, 245, 495)[i]  # room for the colour bar's labels after the middle panel
+        sheet.text((x + box[0] / 2, top - 6), caption, 11, anchor="mb")
+        if pixels is None:
+            sheet.heat((x, top, *box), signed, "RdBu_r", -limit, limit)
+            sheet.colorbar((x + box[0] + 4, top, 8, box[1]), "RdBu_r", -limit, limit)
+        else:
+            sheet.image.paste(Image.fromarray(pixels).resize(box, Image.Resampling.NEAREST), (x, top))
+    if note:
+        sheet.paragraph((15, top + box[1] + 10), note, 110, 11)
+    return sheet.image
+
+
 def attribution_figure(image: np.ndarray, attribution: torch.Tensor, title: str, note: str = "") -> Figure:
-    """Input, signed attribution (red for, blue against the class), and positive evidence overlaid.
+    """Input, signed attribution (red for, blue against the class), and positive evidence overlaid; the
+    matplotlib version, for export (`attribution_image` is the page's).
 
     note: a line under the panels, e.g. `describe(...)`, so the picture names its baseline.
     """
-    signed = attribution[0].sum(0).float().numpy()  # (H, W): channels summed
-    limit = float(np.abs(signed).max()) or 1.0
+    signed, limit = _signed_map(attribution)
     positive = np.clip(signed, 0, None)
     fig = new_figure(9.5, 3.4 if not note else 3.7)
     ax_in, ax_signed, ax_over = fig.subplots(1, 3)

@@ -7,8 +7,7 @@ from lens import texts
 from lens.errors import guarded
 from lens.tabs import Part, heavy
 from lens.tabs.rollout import class_choices
-from viz.attributions import BASELINES, METHODS, attribution_figure, describe
-from viz.render import figure_to_image
+from viz.attributions import BASELINES, METHODS, attribution_image, describe
 
 
 class AttributionsPart(Part):
@@ -50,7 +49,7 @@ class AttributionsPart(Part):
             title = f"{method}{' + SmoothGrad' if smooth else ''} for '{analysis.labels[target]}'"
             note = describe(method, baseline, bundle.preprocess, bool(smooth), analysis.image.shape[:2],
                             int(steps))
-            return figure_to_image(attribution_figure(analysis.image, attr, title, note))
+            return attribution_image(analysis.image, attr, title, note)
 
         @guarded
         def stop(sid):
