@@ -213,11 +213,14 @@ def test_pictures_and_the_export(small, bright, tmp_path):
     import matplotlib.pyplot as plt
 
     from viz.__main__ import main
-    from viz.faithfulness import curves_panel, randomization_panel, scorecard_panel
+    from viz.faithfulness import FAILED, PANEL_WIDTH, curves_panel, randomization_panel, scorecard_panel
     config = FaithfulnessConfig(infidelity_samples=8, sensitivity_samples=2)
     card = scorecard(small, bright, 0, PRE, config)
     for image in (curves_panel(card, label="c0"), randomization_panel(card), scorecard_panel(card)):
-        assert image.width >= 1000 and image.height >= 400
+        assert image.width == PANEL_WIDTH and image.height >= 330
+    failed = [m for m in card.methods if m != RANDOM and not card.randomization.passes(m)]
+    red = (np.asarray(scorecard_panel(card)) == FAILED).all(-1).sum()
+    assert (red > 0) == bool(failed)  # a FAIL is written in red, and only a FAIL
     with pytest.raises(ValueError, match="fill 'blur'"):
         curves_panel(card, "blur")
     assert plt.get_fignums() == []
@@ -236,6 +239,8 @@ def test_pictures_and_the_export(small, bright, tmp_path):
     assert summary["faithfulness_settings"]["attribution_baseline"].startswith("the input blurred")
     assert sorted(p.name for p in (tmp_path / "out" / "faithfulness").iterdir()) == [
         "curves.png", "randomization.png", "scorecard.png"]
+    assert {"faithfulness_curves.svg", "faithfulness_randomization.svg", "faithfulness_scorecard.svg"} <= {
+        p.name for p in (tmp_path / "out" / "print").iterdir()}  # print quality: matplotlib's vector figures
 
 
 @pytest.mark.dataset

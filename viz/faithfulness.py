@@ -1,8 +1,12 @@
 """Pictures of a faithfulness `Scorecard`: the curves, the randomisation cascade, the table.
 
-Fixed layouts (no constrained-layout solve), so each renders in well under a second.
+The `*_panel` functions draw them with Pillow for the page and the report's PNGs (a few milliseconds);
+the `*_figure` functions are the same pictures in matplotlib, for the report's print-quality SVGs.
 """
 from __future__ import annotations
+
+import functools
+import textwrap
 
 import numpy as np
 from matplotlib import colormaps
@@ -11,7 +15,7 @@ from PIL import Image
 
 from rvt.faithfulness import CAVEAT, RANDOM, READING, RULE, Scorecard
 
-from .render import figure_to_image
+from .sheet import GREY, Chart, Sheet, ticks
 
 COLUMNS = {  # metric -> column title
     "deletion_auc": "deletion AUC",
@@ -138,13 +142,114 @@ def scorecard_figure(card: Scorecard, label: str | None = None) -> Figure:
     return fig
 
 
+PANEL_WIDTH = 900  # px: two charts and the ranked key beside them
+FAILED = (178, 34, 34)  # firebrick, as in the figures
+
+
+def _rgb(colour: tuple) -> tuple[int, int, int]:
+    return tuple(round(c * 255) for c in colour[:3])
+
+
+def _key(sheet: Sheet, x: int, y: int, title: str, rows: list[tuple[str, tuple, bool]]) -> None:
+    """A key, one row per method: a line sample (dashed for the random floor) and its text."""
+    sheet.text((x, y), title, 10, bold=True)
+    for i, (text, colour, dashed) in enumerate(rows):
+        row = y + 17 + i * 15
+        for a in range(0, 20, 8 if dashed else 20):
+            sheet.draw.line([x + a, row + 6, x + min(20, a + (4 if dashed else 20)), row + 6], fill=colour,
+                            width=3 if dashed else 2)
+        sheet.text((x + 26, row), text, 10, fill=FAILED if text.startswith("FAIL") else (0, 0, 0))
+
+
 def curves_panel(card: Scorecard, fill: str | None = None, label: str | None = None) -> Image.Image:
-    return figure_to_image(curves_figure(card, fill, label))
+    """`curves_figure` drawn with Pillow: deletion and insertion curves, the key ranked by insertion AUC
+    with both AUCs."""
+    fill = fill or card.fill
+    label = label or f"class {card.target}"
+    if fill not in card.curves:
+        raise ValueError(f"no curves for fill {fill!r}: computed for {', '.join(card.curves)}")
+    curves = card.curves[fill]
+    colours = {m: _rgb(c) for m, c in _colours(card.methods).items()}
+    sheet = Sheet(max(330, 70 + 15 * len(card.methods)), PANEL_WIDTH)
+    shares = [(v, f"{v:g}") for v in (0, 0.25, 0.5, 0.75, 1)]
+    for i, (kind, values, better) in enumerate((("deletion", curves.deletion, "lower"),
+                                                 ("insertion", curves.insertion, "higher"))):
+        chart = Chart(sheet, (50 + i * 290, 40, 240, 240), (0, 1), (0, 1.02), shares, ticks(0, 1, 5),
+                      xlabel=f"share of patches {'removed' if kind == 'deletion' else 'inserted'}",
+                      ylabel=f"p({label})", title=f"{kind} (fill: {fill}); AUC, {better} is better")
+        for method in [m for m in card.methods if m != RANDOM] + [RANDOM] * (RANDOM in card.methods):
+            dashed = method == RANDOM
+            chart.line(curves.fractions, values[method], colours[method], 3 if dashed else 1, dash=6 if dashed else 0)
+    ranked = sorted(card.methods, key=curves.insertion_auc, reverse=True)
+    _key(sheet, 625, 22, "deletion / insertion AUC, method",
+         [(f"{curves.deletion_auc(m):.2f} / {curves.insertion_auc(m):.2f}  {m}", colours[m], m == RANDOM)
+          for m in ranked])
+    return sheet.image
 
 
 def randomization_panel(card: Scorecard) -> Image.Image:
-    return figure_to_image(randomization_figure(card))
+    """`randomization_figure` drawn with Pillow: each method's Spearman as the model is randomised stage by
+    stage, the threshold dotted, the verdicts in the key and the rule under the chart."""
+    result = card.randomization
+    colours = {m: _rgb(c) for m, c in _colours(card.methods).items()}
+    stages = ["trained", *[f"+ {s}" for s in result.stages]]
+    sheet = Sheet(max(350, 60 + 15 * len(card.methods)) + 40, PANEL_WIDTH)
+    xs = list(range(len(stages)))
+    chart = Chart(sheet, (60, 40, 520, 270), (-0.5, len(stages) - 0.5), (-1.02, 1.02), (), ticks(-1, 1, 4),
+                  ylabel="Spearman of |map| with the trained map",
+                  title="cascading randomisation, from the classifier head down")
+    for x, stage in zip(xs, stages):  # two rows of stage names, so long ones do not collide
+        px = chart.px(x, -1.02)[0]
+        sheet.text((px, 40 + 270 + 4 + 12 * (x % 2)), stage, 9, anchor="ma")
+    chart.hline(result.threshold, GREY, f"threshold {result.threshold:g}", dash=2)
+    for method in [m for m in card.methods if m != RANDOM] + [RANDOM] * (RANDOM in card.methods):
+        ys = [1.0, *result.spearman[method]]
+        dashed = method == RANDOM
+        chart.line(xs, ys, colours[method], 3 if dashed else 1, dash=6 if dashed else 0)
+        chart.dots(xs, ys, colours[method], 2)
+    _key(sheet, 610, 22, "verdict, mean |ρ|, method",
+         [(f"{'floor' if m == RANDOM else ('pass' if result.passes(m) else 'FAIL')}  {result.mean_abs(m):.2f}  {m}",
+           colours[m], m == RANDOM) for m in card.methods])
+    sheet.paragraph((20, sheet.image.height - 36), "A method " + RULE + ".", 150, 10)
+    return sheet.image
 
 
 def scorecard_panel(card: Scorecard, label: str | None = None) -> Image.Image:
-    return figure_to_image(scorecard_figure(card, label))
+    """`scorecard_figure` drawn with Pillow: the table (best of each column in bold with a star, FAIL in
+    red, the random floor in grey), then what each column means and the caveat."""
+    label = label or f"class {card.target}"
+    best = card.best()
+    columns = [("method", None), ("deletion AUC", "deletion_auc"), ("insertion AUC", "insertion_auc"),
+               ("randomised ρ", "randomization_spearman"), ("check", None), ("infidelity", "infidelity"),
+               ("sensitivity", "sensitivity")]
+    x_cols = [15, 245, 345, 445, 545, 615, 715]
+    notes = _reading_notes()
+    sheet = Sheet(40 + 17 * len(card.methods) + 30 + notes.height, PANEL_WIDTH)
+    for x, (name, _) in zip(x_cols, columns):
+        sheet.text((x, 12), name, 11, bold=True)
+    for r, method in enumerate(card.methods):
+        row, y = card.row(method), 34 + 17 * r
+        check = "floor" if method == RANDOM else _cell(row["passes_randomization"])
+        cells = [method, *(_cell(row[k]) for _, k in columns[1:4]), check, _cell(row["infidelity"]),
+                 _cell(row["sensitivity"])]
+        for x, text, (_, key) in zip(x_cols, cells, columns):
+            star = key is not None and best.get(key) == method
+            colour = FAILED if text == "FAIL" else (GREY if method == RANDOM else (0, 0, 0))
+            sheet.text((x, y), text + (" ★" if star else ""), 11, fill=colour, bold=star)
+    y = 34 + 17 * len(card.methods) + 8
+    sheet.text((15, y), f"fill: {card.fill}; attribution baseline: {card.baseline}; class: {label}. "
+               "★ best in its column (the random floor excluded).", 10)
+    sheet.image.paste(notes, (0, y + 22))
+    return sheet.image
+
+
+@functools.lru_cache(maxsize=1)
+def _reading_notes() -> Image.Image:
+    """What each column means, the rule and the caveat: the same for every scorecard, so drawn once."""
+    notes = [f"{COLUMNS[k] if k != 'randomization_spearman' else 'randomised ρ / check'} ({d} is better): {t}"
+             for k, (d, t) in READING.items()] + ["Check: a method " + RULE + ".", CAVEAT]
+    sheet = Sheet(sum(15 * len(textwrap.wrap(n, 150)) + 6 for n in notes) + 4, PANEL_WIDTH)
+    y = 0
+    for note in notes:
+        y = sheet.paragraph((15, y), note, 150, 10) + 6
+    return sheet.image

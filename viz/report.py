@@ -14,7 +14,14 @@ from rvt.faithfulness import FaithfulnessConfig, MapSettings, Scorecard, scoreca
 
 from . import panels
 from .attributions import METHODS, attribute, attribution_figure, describe
-from .faithfulness import curves_panel, randomization_panel, scorecard_panel
+from .faithfulness import (
+    curves_figure,
+    curves_panel,
+    randomization_figure,
+    randomization_panel,
+    scorecard_figure,
+    scorecard_panel,
+)
 from .render import figure_to_image
 from .rotary import aliasing_bands
 from .stats import head_stats
@@ -103,7 +110,12 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
         written.append(path)
     tell(len(jobs) / (len(jobs) + 2), "print-quality SVGs")
     (out / "print").mkdir(exist_ok=True)
-    for name, figure in panels.print_figures(analysis, bundle, centre).items():
+    figures = panels.print_figures(analysis, bundle, centre)
+    if card is not None:
+        figures |= {"faithfulness_curves": curves_figure(card, label=label),
+                    "faithfulness_randomization": randomization_figure(card),
+                    "faithfulness_scorecard": scorecard_figure(card, label)}
+    for name, figure in figures.items():
         path = out / "print" / f"{name}.svg"
         figure.savefig(path, format="svg")
         written.append(path)

@@ -22,9 +22,10 @@ GREY = (150, 150, 150)
 LIGHT = (225, 225, 225)
 
 
-@lru_cache(maxsize=8)
-def font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
+@lru_cache(maxsize=16)
+def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf" / name), size)
 
 
 class Sheet:
@@ -34,14 +35,14 @@ class Sheet:
         self.image = Image.new("RGB", (width, height), BACKGROUND)
         self.draw = ImageDraw.Draw(self.image)
 
-    def text(self, xy, s: str, size: int = 12, anchor: str = "la", fill=INK) -> None:
-        self.draw.text(xy, s, fill=fill, font=font(size), anchor=anchor)
+    def text(self, xy, s: str, size: int = 12, anchor: str = "la", fill=INK, bold: bool = False) -> None:
+        self.draw.text(xy, s, fill=fill, font=font(size, bold), anchor=anchor)
 
-    def paragraph(self, xy, s: str, width_chars: int, size: int = 12) -> int:
+    def paragraph(self, xy, s: str, width_chars: int, size: int = 12, fill=INK) -> int:
         """Wrapped text from xy; returns the y below it."""
         x, y = xy
         for line in textwrap.wrap(s, width_chars):
-            self.text((x, y), line, size)
+            self.text((x, y), line, size, fill=fill)
             y += size + 4
         return y
 
@@ -101,10 +102,26 @@ class Chart:
         if bottom - top >= 1:
             self.draw.rectangle([left, top, max(left, right - 1), bottom], fill=fill)
 
-    def line(self, xs, ys, fill, width: int = 2) -> None:
+    def line(self, xs, ys, fill, width: int = 2, dash: int = 0) -> None:
+        """A polyline through the points; dash > 0 draws it in dashes of that many pixels."""
         points = [self.px(float(x), float(y)) for x, y in zip(xs, ys)]
-        if len(points) > 1:
+        if len(points) < 2:
+            return
+        if not dash:
             self.draw.line(points, fill=fill, width=width, joint="curve")
+            return
+        travelled = 0.0  # along the whole line, so the dash pattern runs on across the corners
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            length = math.hypot(x1 - x0, y1 - y0)
+            start = 0.0
+            while start < length:
+                end = min(length, start + dash - (travelled + start) % dash)
+                if (travelled + start) // dash % 2 == 0:
+                    a, b = start / length, end / length
+                    self.draw.line([(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
+                                   fill=fill, width=width)
+                start = end
+            travelled += length
 
     def dots(self, xs, ys, fill, r: float = 2.5) -> None:
         for x, y in zip(xs, ys):
