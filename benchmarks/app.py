@@ -2,8 +2,9 @@
 
 Serves `python app.py` (bundled model) in a subprocess on 127.0.0.1 (`soak.Server`) and prints:
 
-1. latency: full analysis (/predict + /predict_panels, what an upload triggers) and head switch
-   (/head, a re-render from the session's cache), p50/p95, through gradio_client and as plain HTTP
+1. latency: full analysis (/predict + /predict_panels, what an upload triggers), head switch
+   (/head, a re-render from the session's cache) and opening the Head statistics and Rotary tabs
+   (/stats, /rotary: issue 10's <= 60 ms p50), p50/p95, through gradio_client and as plain HTTP
    calls to /gradio_api/call/<api_name> (what a browser pays; gradio_client adds its own 50 ms
    polling sleeps), against the bare model forward in this process (the server's thread policy).
 2. isolation (issue 8, point 5): p95 of session A's /predict at 28 px idle (before and after) and
@@ -86,7 +87,9 @@ def latency(server: Server, repeats: int) -> None:
                 "head switch, gradio_client": lambda: client.predict(layer=depth - 1, head=next(turn) % heads,
                                                                      shared_scale=True, api_name="/head"),
                 "full analysis, HTTP": http_analysis,
-                "head switch, HTTP": lambda: http.call("head", layer=depth - 1, head=next(turn) % heads)}
+                "head switch, HTTP": lambda: http.call("head", layer=depth - 1, head=next(turn) % heads),
+                "Head statistics tab opened, HTTP": lambda: http.call("stats"),
+                "Rotary tab opened, HTTP": lambda: http.call("rotary")}
     rows = [(name, *percentiles(samples(fn, repeats))) for name, fn in variants.items()]
     reference = rows[0][1]
     print(f"\nlatency, {repeats} repeats, bundled model at {h}x{w} px ({torch.get_num_threads()} torch thread(s) here)")
