@@ -78,7 +78,7 @@ def main() -> None:
         "faithfulness curves": lambda: curves_panel(card),
         "faithfulness cascade": lambda: randomization_panel(card),
         "faithfulness table": lambda: scorecard_panel(card),
-        "rotary kernel, matplotlib (export SVG)": lambda: figure_to_image(kernel_figure(
+        "rotary kernel, matplotlib (the export's figure, rasterised)": lambda: figure_to_image(kernel_figure(
             *analysis.trace.rotary, analysis.grid, centre,
             {n: analysis.trace.qk(n)[-1, 0, 0] for n in ("q", "k", "q_rot", "k_rot")})),
     }, args.repeats)

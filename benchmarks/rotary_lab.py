@@ -1,9 +1,9 @@
 """Rotary lab: time to answer one control change (settings -> JSON and the three lab pictures).
 
 Thread-CPU time (time.thread_time, so other processes on a shared host do not count), variants
-interleaved, p50 and p90 of `--repeats` runs; ratios against the Rotary tab's matplotlib Nyquist chart
-(viz.rotary.nyquist_figure rendered to an image) in the same process. Issue 13's target: <= 100 ms p50
-per control. `python benchmarks/rotary_lab.py [--repeats N]`.
+interleaved, p50 and p90 of `--repeats` runs; ratios against the matplotlib Nyquist chart (the export's;
+the Rotary tab drew it before), viz.rotary.nyquist_figure rendered to an image in the same process.
+Issue 13's target: <= 100 ms p50 per control. `python benchmarks/rotary_lab.py [--repeats N]`.
 """
 from __future__ import annotations
 

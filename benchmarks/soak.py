@@ -131,6 +131,11 @@ class Server:
     def peak_mb(self) -> float:
         return self._status("VmHWM:")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def disk(self) -> dict[str, tuple[int, int]]:
         """(bytes, files) of the Gradio cache and of the service's export folder(s)."""
         exports = [tree_size(p) for p in self.tmp.glob("rvt-lens-exports-*")]

@@ -51,7 +51,9 @@ integrates gradients along a straight path from a **baseline** image to the inpu
 the class logit at the input minus the logit at the baseline (up to the integration error). *Saliency* is
 the plain gradient. *Occlusion* replaces windows with the baseline and records the drop in the class
 score. *GradientShap* averages gradients from random points between baselines and the input.
-*SmoothGrad* averages any of them over noisy copies. The figure's title names the baseline used."""
+*SmoothGrad* averages any of them over 8 noisy copies; with Integrated Gradients the copies share the
+path's points (each takes every 8th), so it takes as many gradients as Integrated Gradients alone (the
+steps rounded up to a multiple of 8, at least 16). The note under the pictures names the baseline used."""
 
 FAITHFULNESS = """**Faithfulness: which map can be trusted for this image.** Every kind of map the app draws,
 at the scorecard's own settings (attention rollout with each head fusion, gradient rollout, the last layer's

@@ -145,8 +145,8 @@ def _opened(ctx: Context, part):
 
 def forget_gone_visitors(demo: gr.Blocks, service: LensService, session: gr.State) -> int:
     """Free Gradio's record of every visitor who is gone: idle past the session TTL, and with a closed page
-    or a service session that has expired. Returns how many went: service sessions past their TTL and
-    Gradio records.
+    or a service session that has expired. Returns how many went: the sessions the service's sweep freed
+    (past their TTL, or idle ones the memory cap dropped) and Gradio records.
 
     Gradio keeps a SessionState per visitor (a copy of the whole page's config: about 0.5 MB for this
     page) for up to 10,000 visitors and never frees one: a closed page only marks it closed, and an API
@@ -194,7 +194,7 @@ def prune_cache(demo: gr.Blocks, age: float) -> int:
                         os.rmdir(os.path.dirname(name))
             except FileNotFoundError:
                 gone.add(name)
-        files -= gone
+        files -= {name for name in gone if not os.path.exists(name)}  # one uploaded again meanwhile stays listed
         removed += len(gone)
     return removed
 

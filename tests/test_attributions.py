@@ -154,6 +154,20 @@ def test_smoothgrad_ig_is_the_mean_of_noisy_igs_on_interleaved_nodes_at_the_cost
     assert "share 24 points" in describe("Integrated Gradients", "black", PRE, True, steps=steps)
 
 
+@pytest.mark.parametrize("steps", [1, 4, 8, 9])
+def test_smoothgrad_ig_takes_every_step_count_the_slider_offers(model, garment, steps):
+    """captum's Riemann rules need two points: each copy gets at least two, so 1-16 steps give 16."""
+    sizes = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return model(x)
+
+    attr = attribute(Counting(), garment, 2, "Integrated Gradients", steps=steps, noise_tunnel=True, preprocess=PRE)
+    assert sum(sizes) == smooth_nodes(steps) == 16 and torch.isfinite(attr).all()
+
+
 def test_check_cancels_an_attribution(model, garment):
     class Stop(Exception):
         pass

@@ -90,3 +90,11 @@ def test_the_faithfulness_and_scene_texts_name_what_the_code_runs():
     assert {2: "two"}[defaults["k"].default] + " most object-focused heads" in scenes
     controls = inspect.signature(silencing).parameters["controls"].default
     assert f"mean of {controls} draws" in texts.SCENE_SILENCING
+
+
+def test_the_attributions_text_counts_smoothgrad_as_the_code_does():
+    from viz.attributions import SMOOTH_COPIES, smooth_nodes
+    text = " ".join(texts.ATTRIBUTIONS.split())
+    assert f"over {SMOOTH_COPIES} noisy copies" in text and f"every {SMOOTH_COPIES}th" in text
+    assert "a multiple of 8, at least 16" in text
+    assert [smooth_nodes(s) for s in (1, 16, 17, 32)] == [16, 16, 24, 32]

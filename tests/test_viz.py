@@ -198,7 +198,9 @@ def test_report_cli_writes_everything(bundle, photo, tmp_path):
     assert "rotary_steps.png" in pngs and "attribution_occlusion.png" in pngs and len(pngs) == 8 + 3 * 2 + 4
     svgs = sorted(p.name for p in (tmp_path / "out" / "print").glob("*.svg"))
     assert svgs == sorted(["predictions.svg", "head_stats.svg", "rotary_bands.svg", "rotary_nyquist.svg",
-                           "rotary_kernel_layer0_head0.svg", "rotary_kernel_layer1_head0.svg"])
+                           "rotary_kernel_layer0_head0.svg", "rotary_kernel_layer1_head0.svg",
+                           "faithfulness_curves.svg", "faithfulness_randomization.svg", "faithfulness_scorecard.svg",
+                           *(f"attribution_{m.lower().replace(' ', '_')}.svg" for m in METHODS)])
     for name in svgs:  # vector files: well-formed XML whose root is an <svg> element
         assert ElementTree.parse(tmp_path / "out" / "print" / name).getroot().tag.endswith("svg")
     with pytest.raises(SystemExit, match="error: .*not a checkpoint"):

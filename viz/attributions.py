@@ -130,7 +130,8 @@ def describe(method: str, baseline: str, preprocess: Preprocess, noise_tunnel: b
                  "vargrad": f" Variance over {copies} (VarGrad)."}[nt_type]
         if method == "Integrated Gradients" and nt_type == "smoothgrad":
             text += (f" The copies share {smooth_nodes(steps)} points along the path, each taking every "
-                     f"{SMOOTH_COPIES}th: the cost of Integrated Gradients alone.")
+                     f"{SMOOTH_COPIES}th: as many gradients as Integrated Gradients with {smooth_nodes(steps)} "
+                     f"steps.")
     return text
 
 
@@ -154,7 +155,9 @@ def attribute(model: torch.nn.Module, x: torch.Tensor, target: int, method: str 
     steps: IG interpolation steps / GradientShap samples. baseline: see `baseline_input`; it needs
     the checkpoint's `preprocess` to know what black is (default: `Preprocess()`, Fashion-MNIST's
     normalisation). occlusion: (window side, stride) in pixels, default about a seventh of the side
-    with half-window strides. noise_tunnel: True or a NoiseTunnel type wraps the method in SmoothGrad.
+    with half-window strides. noise_tunnel: True (SmoothGrad) or a NoiseTunnel type averages over
+    SMOOTH_COPIES noisy copies of x with captum's NoiseTunnel, except IG with SmoothGrad, whose copies
+    share the path's `smooth_nodes(steps)` points (`_shared_grid_smoothgrad`).
     check: called before every model pass; it raises to cancel.
     """
     if method not in METHODS:
@@ -198,8 +201,9 @@ class _BatchedGradientShap(GradientShap):
 
 def smooth_nodes(steps: int, copies: int = SMOOTH_COPIES) -> int:
     """How many gradients Integrated Gradients + SmoothGrad evaluates for `steps`: `steps` rounded up to a
-    multiple of the noisy copies, which share them (see `_shared_grid_smoothgrad`)."""
-    return copies * -(-steps // copies)
+    multiple of the noisy copies, which share them (see `_shared_grid_smoothgrad`), and at least two per
+    copy (captum's Riemann rules take two points or more)."""
+    return copies * max(2, -(-steps // copies))
 
 
 def _shared_grid_smoothgrad(forward, x, target, baseline, steps, batch_size, copies=SMOOTH_COPIES,

@@ -1,6 +1,6 @@
 """Pictures of a faithfulness `Scorecard`: the curves, the randomisation cascade, the table.
 
-The `*_panel` functions draw them with Pillow for the page and the report's PNGs (a few milliseconds);
+The `*_panel` functions draw them with Pillow for the page and the report's PNGs (10-15 ms each);
 the `*_figure` functions are the same pictures in matplotlib, for the report's print-quality SVGs.
 """
 from __future__ import annotations

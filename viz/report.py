@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from rvt.analysis import Analysis, attention_gradients
@@ -13,7 +14,7 @@ from rvt.checkpoint import Bundle
 from rvt.faithfulness import FaithfulnessConfig, MapSettings, Scorecard, scorecard
 
 from . import panels
-from .attributions import METHODS, attribute, attribution_figure, describe
+from .attributions import METHODS, attribute, attribution_figure, attribution_image, describe
 from .faithfulness import (
     curves_figure,
     curves_panel,
@@ -22,7 +23,6 @@ from .faithfulness import (
     scorecard_figure,
     scorecard_panel,
 )
-from .render import figure_to_image
 from .rotary import aliasing_bands
 from .stats import head_stats
 
@@ -85,13 +85,15 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
         if bundle.config.use_rotary:
             jobs[f"rotary_kernel_layer{layer}_head0"] = lambda layer=layer: panels.kernel_panel(analysis, layer, 0,
                                                                                                 centre)
+    attributed: dict[str, tuple[str, torch.Tensor, str]] = {}  # name -> (method, map, note): the print SVGs
     if attributions:
         for method in METHODS:
-            def job(method=method):
+            def job(method=method, name="attribution_" + method.lower().replace(" ", "_")):
                 attr = attribute(bundle.model, analysis.input.to(bundle.device), top_class, method,
-                                 baseline=baseline, preprocess=bundle.preprocess)
+                                 baseline=baseline, preprocess=bundle.preprocess).cpu()
                 note = describe(method, baseline, bundle.preprocess, image_hw=analysis.image.shape[:2])
-                return figure_to_image(attribution_figure(analysis.image, attr.cpu(), f"{method}: {label}", note))
+                attributed[name] = method, attr, note
+                return attribution_image(analysis.image, attr, f"{method}: {label}", note)
             jobs["attribution_" + method.lower().replace(" ", "_")] = job
     card = None
     if faithfulness:
@@ -111,6 +113,8 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
     tell(len(jobs) / (len(jobs) + 2), "print-quality SVGs")
     (out / "print").mkdir(exist_ok=True)
     figures = panels.print_figures(analysis, bundle, centre)
+    figures |= {name: attribution_figure(analysis.image, attr, f"{method}: {label}", note)
+                for name, (method, attr, note) in attributed.items()}
     if card is not None:
         figures |= {"faithfulness_curves": curves_figure(card, label=label),
                     "faithfulness_randomization": randomization_figure(card),

@@ -7,7 +7,7 @@ from lens import texts
 from lens.errors import guarded
 from lens.tabs import Part, heavy
 from lens.tabs.rollout import class_choices
-from viz.attributions import BASELINES, METHODS, attribution_image, describe
+from viz.attributions import BASELINES, METHODS, SMOOTH_COPIES, attribution_image, describe
 
 
 class AttributionsPart(Part):
@@ -23,7 +23,7 @@ class AttributionsPart(Part):
             self.method = gr.Dropdown(list(METHODS), value=METHODS[0], label="method")
             self.steps = gr.Slider(4, service.limits.max_steps, value=32, step=4, label="steps / samples")
             self.baseline = gr.Dropdown(list(BASELINES), value="black", label="baseline (IG, Occlusion, GradientShap)")
-            self.smooth = gr.Checkbox(value=False, label="SmoothGrad (noise tunnel)")
+            self.smooth = gr.Checkbox(value=False, label=f"SmoothGrad ({SMOOTH_COPIES} noisy copies)")
             self.target = gr.Dropdown(class_choices(service.bundled.bundle), value=None,
                                       label="class (default: predicted)")
         with gr.Row():
