@@ -17,6 +17,7 @@ from viz.attributions import (
     baseline_input,
     describe,
     describe_baseline,
+    occlusion_window,
     smooth_nodes,
     smoothgrad_maps,
 )
@@ -190,6 +191,25 @@ def test_texts_name_the_baseline_used():
     assert "Variance" in describe("Saliency", "black", PRE, noise_tunnel="vargrad")
     with pytest.raises(ValueError, match="noise_tunnel"):
         describe("Saliency", "black", PRE, noise_tunnel="sometimes")
+
+
+def test_notes_name_the_steps_and_windows_the_computation_used(model, garment):
+    assert "12 steps" in describe("Integrated Gradients", "black", PRE, steps=12)
+    assert "12 samples" in describe("GradientShap", "black", PRE, steps=12)
+    assert "steps do not apply" in describe("Saliency", "black", PRE, steps=12)
+    side, stride = occlusion_window((28, 28))
+    assert f"{side} px windows every {stride} px" in describe("Occlusion", "black", PRE, steps=12)
+    sizes = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return model(x)
+
+    attribute(Counting(), garment, 0, "Occlusion", preprocess=PRE)
+    assert sum(sizes) == ((28 - side) // stride + 1) ** 2 + 1  # every window once, plus the input itself
+    rounded = describe("Integrated Gradients", "black", PRE, True, steps=4)
+    assert "share 16 points along the path (4 steps rounded up" in rounded
 
 
 def test_attribution_figure_carries_the_note(model, garment):

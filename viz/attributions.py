@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 
 from rvt.preprocess import Preprocess
 
-from .render import colorize, new_figure
+from .render import colorize, lut, new_figure
 from .sheet import WIDTH, Sheet
 
 METHODS = ("Integrated Gradients", "Saliency", "Occlusion", "GradientShap")
@@ -109,18 +109,26 @@ def describe_baseline(baseline: str, preprocess: Preprocess, image_hw: tuple[int
 
 
 def describe(method: str, baseline: str, preprocess: Preprocess, noise_tunnel: bool | str = False,
-             image_hw: tuple[int, int] = (28, 28), steps: int = 32) -> str:
-    """One line naming what `attribute(method, steps, noise_tunnel, baseline=...)` computed, for the UI."""
+             image_hw: tuple[int, int] = (28, 28), steps: int | None = None) -> str:
+    """One line naming what `attribute(method, steps, noise_tunnel, baseline=...)` computed, for the UI.
+
+    steps: the steps the visitor chose (then the text also says where they do not apply); None: the
+    default of `attribute`."""
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
     what = describe_baseline(baseline, preprocess, image_hw)
+    side, stride = occlusion_window(image_hw)
+    unused = "; the steps do not apply" if steps is not None else ""
+    steps = 32 if steps is None else steps  # attribute's default
     text = {
-        "Integrated Gradients": f"Integrated Gradients from {what} to the input: the scores add up to the class "
-                                f"logit of the input minus that of the baseline.",
-        "Saliency": "Saliency: the gradient of the class logit at the input (no baseline).",
-        "Occlusion": f"Occlusion: each window replaced by {what}; a score is the drop of the class logit.",
-        "GradientShap": f"GradientShap: gradients at random points between {what} and the noised input, "
-                        f"times their distance.",
+        "Integrated Gradients": f"Integrated Gradients from {what} to the input, {steps} steps: the scores add up "
+                                f"to the class logit of the input minus that of the baseline, up to the "
+                                f"integration error, which shrinks as the steps grow.",
+        "Saliency": f"Saliency: the gradient of the class logit at the input (no baseline{unused}).",
+        "Occlusion": f"Occlusion, {side} px windows every {stride} px: each window replaced by {what}; a score is "
+                     f"the drop of the class logit (averaged where windows overlap{unused}).",
+        "GradientShap": f"GradientShap, {steps} samples: gradients at random points between {what} and the "
+                        f"noised input, times their distance.",
     }[method]
     nt_type = _noise_type(noise_tunnel)
     if nt_type is not None:
@@ -129,9 +137,11 @@ def describe(method: str, baseline: str, preprocess: Preprocess, noise_tunnel: b
                  "smoothgrad_sq": f" Mean square over {copies} (SmoothGrad squared).",
                  "vargrad": f" Variance over {copies} (VarGrad)."}[nt_type]
         if method == "Integrated Gradients" and nt_type == "smoothgrad":
-            text += (f" The copies share {smooth_nodes(steps)} points along the path, each taking every "
-                     f"{SMOOTH_COPIES}th: as many gradients as Integrated Gradients with {smooth_nodes(steps)} "
-                     f"steps.")
+            nodes = smooth_nodes(steps)
+            rounded = f" ({steps} steps rounded up to a multiple of {SMOOTH_COPIES}, at least " \
+                      f"{smooth_nodes(1)})" if nodes != steps else ""
+            text += (f" The copies share {nodes} points along the path{rounded}, each taking every "
+                     f"{SMOOTH_COPIES}th: as many gradients as Integrated Gradients with {nodes} steps.")
     return text
 
 
@@ -174,9 +184,15 @@ def attribute(model: torch.nn.Module, x: torch.Tensor, target: int, method: str 
     return _attribute(model, x, target, method, steps, nt_type, batch_size, progress, reference, occlusion, check)
 
 
+def occlusion_window(image_hw: tuple[int, int]) -> tuple[int, int]:
+    """Occlusion's default (window side, stride) in pixels: about a 7x7 sweep whatever the resolution,
+    windows overlapping by half."""
+    side = max(2, min(image_hw) // 7)
+    return side, max(1, side // 2)
+
+
 def _occlusion_window(x: torch.Tensor, occlusion: tuple[int, int] | None):
-    side = max(2, min(x.shape[-2:]) // 7)  # about a 7x7 sweep, whatever the resolution
-    side, stride = occlusion or (side, max(1, side // 2))
+    side, stride = occlusion or occlusion_window(tuple(x.shape[-2:]))
     return (x.shape[1], side, side), (x.shape[1], stride, stride)
 
 
@@ -299,7 +315,8 @@ def _signed_map(attribution: torch.Tensor) -> tuple[np.ndarray, float]:
 def attribution_image(image: np.ndarray, attribution: torch.Tensor, title: str, note: str = "") -> Image.Image:
     """`attribution_figure` drawn with Pillow for the page (a few ms instead of ~175 ms): the input, the
     signed attribution on a symmetric red-blue scale with its colour bar, and the positive evidence in
-    inferno over the input (where the score is above zero, 60% opaque), each panel 200 px."""
+    inferno over the input (where the score is above zero, 60% opaque) with its scale under it, each
+    panel 200 px."""
     signed, limit = _signed_map(attribution)
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
     positive = np.clip(signed, 0, None)
@@ -308,7 +325,7 @@ def attribution_image(image: np.ndarray, attribution: torch.Tensor, title: str, 
     side = 200
     h, w = signed.shape
     box = (round(side * w / max(h, w)), round(side * h / max(h, w)))  # the map's aspect, longer side 200 px
-    sheet = Sheet(64 + box[1] + (16 * len(textwrap.wrap(note, 110)) + 10 if note else 6))
+    sheet = Sheet(84 + box[1] + (16 * len(textwrap.wrap(note, 110)) + 10 if note else 6))
     sheet.text((WIDTH / 2, 8), title, 14, anchor="ma")
     top = 52
     panels = (("input", rgb), ("attribution (red: for, blue: against)", None), ("evidence for the class", evidence))
@@ -320,8 +337,12 @@ def attribution_image(image: np.ndarray, attribution: torch.Tensor, title: str, 
             sheet.colorbar((x + box[0] + 4, top, 8, box[1]), "RdBu_r", -limit, limit)
         else:
             sheet.image.paste(Image.fromarray(pixels).resize(box, Image.Resampling.NEAREST), (x, top))
+    strip = lut("inferno")[np.linspace(0, 255, box[0]).round().astype(int)][None].repeat(8, axis=0)
+    sheet.image.paste(Image.fromarray(np.ascontiguousarray(strip)), (495, top + box[1] + 4))
+    sheet.text((495, top + box[1] + 14), "0", 10)
+    sheet.text((495 + box[0], top + box[1] + 14), f"{limit:.2g}", 10, anchor="ra")
     if note:
-        sheet.paragraph((15, top + box[1] + 10), note, 110, 11)
+        sheet.paragraph((15, top + box[1] + 30), note, 110, 11)
     return sheet.image
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import gradio as gr
 
+from lens.errors import guarded
 from lens.service import LensService, UserError
 
 
@@ -143,3 +144,14 @@ def heavy(service: LensService, fn: Callable) -> Callable:
     run.__signature__ = declared
     run.__annotations__ = {"request": gr.Request}  # what Gradio's get_type_hints reads; fn's own need not resolve here
     return run
+
+
+def wire_cancel(button: gr.Button, ctx: Context, events: list, api_name: str, what: str) -> None:
+    """The Cancel button of a tab's heavy `events`: cancels them in Gradio and sets the session's cancel
+    flag, and tells the visitor what happened ("Cancelled: the <what> stopped." / "No <what> is running.").
+    Queued (a message needs the queue) in a lane of its own, so it never waits behind a job."""
+    @guarded
+    def stop(sid):
+        gr.Info(f"Cancelled: the {what} stopped." if ctx.service.cancel(sid) else f"No {what} is running.")
+
+    button.click(stop, [ctx.session], None, api_name=api_name, cancels=events, concurrency_id="cancel")

@@ -5,7 +5,7 @@ import gradio as gr
 
 from lens import texts
 from lens.errors import guarded
-from lens.tabs import Part, heavy
+from lens.tabs import Part, heavy, wire_cancel
 from lens.tabs.rollout import class_choices
 from viz.attributions import BASELINES, METHODS, SMOOTH_COPIES, attribution_image, describe
 
@@ -51,13 +51,7 @@ class AttributionsPart(Part):
                             int(steps))
             return attribution_image(analysis.image, attr, title, note)
 
-        @guarded
-        def stop(sid):
-            if not service.cancel(sid):
-                gr.Info("No attribution is running.")
-
         job = heavy(service, run)
         event = self.run.click(job, [ctx.session, self.method, self.steps, self.baseline, self.smooth, self.target],
                                self.attr_img, api_name="attribution", concurrency_id="heavy")
-        self.stop.click(stop, [ctx.session], None, api_name="cancel_attribution", cancels=[event],
-                        queue=False)
+        wire_cancel(self.stop, ctx, [event], "cancel_attribution", "attribution")

@@ -5,7 +5,7 @@ import gradio as gr
 
 from lens import texts
 from lens.errors import guarded
-from lens.tabs import Part, heavy
+from lens.tabs import Part, heavy, wire_cancel
 
 
 class ExportPart(Part):
@@ -29,9 +29,5 @@ class ExportPart(Part):
         def run(sid, progress=gr.Progress()):
             return str(service.export(sid, progress=lambda f, what: progress(f, desc=what)))
 
-        @guarded
-        def stop(sid):
-            service.cancel(sid)
-
         event = self.run.click(heavy(service, run), [ctx.session], self.file, api_name="export", concurrency_id="heavy")
-        self.stop.click(stop, [ctx.session], None, api_name="cancel_export", cancels=[event], queue=False)
+        wire_cancel(self.stop, ctx, [event], "cancel_export", "export")

@@ -10,7 +10,7 @@ import gradio as gr
 
 from lens import texts
 from lens.errors import guarded
-from lens.tabs import Part, heavy
+from lens.tabs import Part, heavy, wire_cancel
 from lens.tabs.rollout import class_choices
 from rvt.faithfulness import FILLS, RANDOM
 from viz.faithfulness import curves_panel, randomization_panel, scorecard_panel
@@ -63,12 +63,7 @@ class FaithfulnessPart(Part):
             return {self.note: note, self.table_img: scorecard_panel(card, label),
                     self.curves_img: curves_panel(card, label=label), self.random_img: randomization_panel(card)}
 
-        @guarded
-        def stop(sid):
-            if not service.cancel(sid):
-                gr.Info("No scorecard is running.")
-
         job = heavy(service, run)
         event = self.run.click(job, [ctx.session, self.fill, self.target], self.outputs, api_name="faithfulness",
                                concurrency_id="heavy")
-        self.stop.click(stop, [ctx.session], None, api_name="cancel_faithfulness", cancels=[event], queue=False)
+        wire_cancel(self.stop, ctx, [event], "cancel_faithfulness", "scorecard")

@@ -21,7 +21,7 @@ from PIL import Image
 from lens import texts
 from lens.errors import guarded
 from lens.service import UserError
-from lens.tabs import Part, heavy, positional
+from lens.tabs import Part, heavy, positional, wire_cancel
 from lens.tabs.whatif import layer_choices
 from rvt.preprocess import read_image
 from rvt.rotary_lab import (
@@ -359,12 +359,7 @@ class RotaryLabPart(Part):
             progress(0.0, desc="resolution sweep")
             return self.run_sweep(sid, lambda f: progress(f, desc="resolution sweep"))
 
-        @guarded
-        def stop(sid):
-            if not ctx.service.cancel(sid):
-                gr.Info("No sweep is running.")
-
         job = heavy(ctx.service, sweep)
         event = self.sweep.click(job, [ctx.session], [self.sweep_img, self.sweep_note, self.result_for],
                                  api_name="resolution_sweep", concurrency_id="heavy")
-        self.stop.click(stop, [ctx.session], None, api_name="cancel_sweep", cancels=[event], queue=False)
+        wire_cancel(self.stop, ctx, [event], "cancel_sweep", "sweep")

@@ -16,7 +16,7 @@ import gradio as gr
 from lens import texts
 from lens.errors import guarded
 from lens.service import LIVE_SCENE_METHODS, UserError
-from lens.tabs import Part, click_point, heavy
+from lens.tabs import Part, click_point, heavy, wire_cancel
 from rvt.assets import SCENE_CHECKPOINTS
 from rvt.groundtruth import TEST_SEED
 from rvt.scenes import BASE, Scene, SceneSpec, add_distractor, centred, random_spec, scene_seed
@@ -219,11 +219,6 @@ class ScenesPart(Part):
                     self.silenced: texts.SCENE_SILENCING.format(k=found.k, model=model) + "\n\n"
                                    + silencing_table(found.silencing, found.count)}
 
-        @guarded
-        def stop(sid):
-            if not service.cancel(sid):
-                gr.Info("No scene job is running.")
-
         inputs = [self.spec, *settings]
         sliders = list(self.sliders.values())
         self.opened = (redraw, inputs, outputs)  # lens.ui runs it when the tab is opened
@@ -243,4 +238,4 @@ class ScenesPart(Part):
         found = self.head_jobs.click(heavy(service, heads), [ctx.session, self.model],
                                      [ctx.session, self.mass_cls, self.mass_patches, self.silenced],
                                      api_name="scene_heads", concurrency_id="heavy")
-        self.stop.click(stop, [ctx.session], None, api_name="cancel_scene_job", cancels=[scored, found], queue=False)
+        wire_cancel(self.stop, ctx, [scored, found], "cancel_scene_job", "scene job")
