@@ -12,7 +12,7 @@ import torch
 from rvt import CheckpointError
 from rvt.preprocess import ImageInputError
 
-from .service import UserError
+from .service import NothingChosen, UserError
 
 log = logging.getLogger("rvt-lens")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -33,11 +33,17 @@ def visitor_message(error: BaseException) -> str:
 
 
 def guarded(fn):
-    """Event handler wrapper: every failure reaches the page as a gr.Error; the server keeps serving."""
+    """Event handler wrapper: every failure reaches the page as a gr.Error; the server keeps serving.
+
+    NothingChosen is a warning instead, and the event changes none of its outputs: an error would also
+    badge every output as failed."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except NothingChosen as e:
+            gr.Warning(str(e))
+            return gr.skip()
         except gr.Error:
             raise
         except Exception as e:  # noqa: BLE001 - the point is that nothing escapes unexplained

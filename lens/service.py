@@ -70,6 +70,11 @@ class SessionExpired(UserError):
     pass
 
 
+class NothingChosen(UserError):
+    """A request that chose nothing to do (no head, band or layer to switch off): the page warns and
+    leaves its results as they are (`lens.errors.guarded`)."""
+
+
 class Cancelled(UserError):
     pass
 
@@ -646,7 +651,7 @@ class LensService:
     def whatif(self, sid: str, heads_off: dict[int, list[int]], rotary_off: list[int]) -> Analysis:
         analysis = self.current(sid)
         if not any(heads_off.values()) and not rotary_off:
-            raise UserError("Choose at least one head or one layer to switch off.")
+            raise NothingChosen("Choose at least one head or one layer to switch off.")
         data = self.session(sid)
         with self._borrow(data, sid) as replica:
             return analyze_input(replica, analysis.input, analysis.image, heads_off=heads_off,

@@ -195,6 +195,8 @@ def test_attribution_whatif_and_export(client, images):
     after, table, before_img, after_img = client.predict([4, 5], [0], 2, api_name="/whatif")  # layer 2's heads
     assert "| class | before | after | change |" in table and len(after["confidences"]) == 5
     assert Image.open(before_img).tobytes() != Image.open(after_img).tobytes()
+    unchanged = client.predict([], [], 2, api_name="/whatif")  # nothing chosen: a warning, not an error
+    assert all(value == {"__type__": "update"} for value in unchanged)  # no output changes
     archive = client.predict(api_name="/export")
     names = zipfile.ZipFile(archive).namelist()
     assert {"summary.json", "tensors.npz", "rotary_steps.png", "print/head_stats.svg"} <= set(names)

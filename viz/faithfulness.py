@@ -220,9 +220,9 @@ def scorecard_panel(card: Scorecard, label: str | None = None) -> Image.Image:
     label = label or f"class {card.target}"
     best = card.best()
     columns = [("method", None), ("deletion AUC", "deletion_auc"), ("insertion AUC", "insertion_auc"),
-               ("randomised ρ", "randomization_spearman"), ("check", None), ("infidelity", "infidelity"),
+               ("randomised ρ", "randomization_spearman"), ("check: mean |ρ|", None), ("infidelity", "infidelity"),
                ("sensitivity", "sensitivity")]
-    x_cols = [15, 245, 345, 445, 545, 615, 715]
+    x_cols = [15, 235, 330, 425, 520, 640, 740]
     notes = _reading_notes()
     sheet = Sheet(40 + 17 * len(card.methods) + 30 + notes.height, PANEL_WIDTH)
     for x, (name, _) in zip(x_cols, columns):
@@ -230,11 +230,12 @@ def scorecard_panel(card: Scorecard, label: str | None = None) -> Image.Image:
     for r, method in enumerate(card.methods):
         row, y = card.row(method), 34 + 17 * r
         check = "floor" if method == RANDOM else _cell(row["passes_randomization"])
+        check += f" {card.randomization.mean_abs(method):.2f}"  # the number the verdict is taken on
         cells = [method, *(_cell(row[k]) for _, k in columns[1:4]), check, _cell(row["infidelity"]),
                  _cell(row["sensitivity"])]
         for x, text, (_, key) in zip(x_cols, cells, columns):
             star = key is not None and best.get(key) == method
-            colour = FAILED if text == "FAIL" else (GREY if method == RANDOM else (0, 0, 0))
+            colour = FAILED if text.startswith("FAIL") else (GREY if method == RANDOM else (0, 0, 0))
             sheet.text((x, y), text + (" ★" if star else ""), 11, fill=colour, bold=star)
     y = 34 + 17 * len(card.methods) + 8
     sheet.text((15, y), f"fill: {card.fill}; attribution baseline: {card.baseline}; class: {label}. "

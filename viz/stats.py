@@ -132,6 +132,13 @@ def _heatmap(values: np.ndarray, title: str, cmap: str, lo: float, hi: float, ce
     return panel
 
 
+def _ceil_1sf(value: float) -> float:
+    """value rounded up to one significant digit (0.023 -> 0.03), at most 1 and at least 0.01."""
+    value = min(1.0, max(0.01, float(value)))
+    step = 10 ** np.floor(np.log10(value))
+    return float(min(1.0, np.ceil(round(value / step, 6)) * step))
+
+
 def stats_image(stats: dict, grid: tuple[int, int], patch_size: int) -> Image.Image:
     """The head statistics as one Pillow image: distance scatter, entropy and CLS-share heatmaps."""
     distance, entropy, share = _as_numpy(stats)
@@ -139,7 +146,8 @@ def stats_image(stats: dict, grid: tuple[int, int], patch_size: int) -> Image.Im
     cell = max(34, min(56, 300 // max(layers, heads)))
     max_entropy = float(np.log(grid[0] * grid[1] + 1))
     maps = [_heatmap(entropy, f"Entropy (nats, max {max_entropy:.2f})", "viridis", 0.0, max_entropy, cell),
-            _heatmap(share, "Share of attention on CLS", "magma", 0.0, 1.0, cell)]
+            _heatmap(share, f"Share on CLS (scale to {_ceil_1sf(share.max()):g})", "magma", 0.0,
+                     _ceil_1sf(share.max()), cell)]  # shares are often a few %: a 0-1 scale would be all black
     height = max(m.height for m in maps)
     scatter = _scatter(distance, uniform_distance(grid, patch_size), (max(360, 60 * layers), height))
     canvas = Image.new("RGB", (scatter.width + sum(m.width + 16 for m in maps), height), BACKGROUND)

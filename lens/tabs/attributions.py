@@ -19,13 +19,16 @@ class AttributionsPart(Part):
         super().__init__(ctx)
         service = ctx.service
         gr.Markdown(texts.ATTRIBUTIONS)
-        with gr.Row():
-            self.method = gr.Dropdown(list(METHODS), value=METHODS[0], label="method")
-            self.steps = gr.Slider(4, service.limits.max_steps, value=32, step=4, label="steps / samples")
-            self.baseline = gr.Dropdown(list(BASELINES), value="black", label="baseline (IG, Occlusion, GradientShap)")
-            self.smooth = gr.Checkbox(value=False, label=f"SmoothGrad ({SMOOTH_COPIES} noisy copies)")
+        with gr.Row():  # two rows: in one, the dropdowns cut their values and the slider its maximum
+            self.method = gr.Dropdown(list(METHODS), value=METHODS[0], label="method", min_width=200)
+            self.baseline = gr.Dropdown(list(BASELINES), value="black", label="baseline (IG, Occlusion, GradientShap)",
+                                        min_width=200)
             self.target = gr.Dropdown(class_choices(service.bundled.bundle), value=None,
-                                      label="class (default: predicted)")
+                                      label="class (default: predicted)", min_width=200)
+        with gr.Row():
+            self.steps = gr.Slider(4, service.limits.max_steps, value=32, step=4,
+                                   label="steps (IG) / samples (GradientShap)", min_width=300)
+            self.smooth = gr.Checkbox(value=False, label=f"SmoothGrad ({SMOOTH_COPIES} noisy copies)", min_width=200)
         with gr.Row():
             self.run = gr.Button("Compute attribution", variant="primary")
             self.stop = gr.Button("Cancel", variant="stop")

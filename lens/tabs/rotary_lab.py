@@ -20,7 +20,7 @@ from PIL import Image
 
 from lens import texts
 from lens.errors import guarded
-from lens.service import UserError
+from lens.service import NothingChosen, UserError
 from lens.tabs import Part, heavy, positional, wire_cancel
 from lens.tabs.whatif import layer_choices
 from rvt.preprocess import read_image
@@ -274,7 +274,7 @@ class RotaryLabPart(Part):
         bands = [(axis, int(b)) for axis, b in (str(v).split() for v in values[self.bands_off] or [])]
         layers = sorted({int(v) for v in values[self.layers_off] or []})
         if not bands or not layers:
-            raise UserError("Choose at least one band and one layer to switch off.")
+            raise NothingChosen("Choose at least one band and one layer to switch off.")
         try:
             with service._borrow(data, sid) as replica:
                 result = band_ablation(replica, analysis, {layer: bands for layer in layers})

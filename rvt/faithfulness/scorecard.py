@@ -25,7 +25,7 @@ READING = {
                               "probability falls fast (small area) when the map found what the model uses"),
     "insertion_auc": ("higher", "patches put back onto the fill in the map's order: the probability rises fast "
                                 "(large area) when the map's top patches are enough for the model"),
-    "randomization_spearman": ("lower", "Spearman of |map| with the trained model's map once every weight is "
+    "randomization_spearman": ("closer to 0", "Spearman of |map| with the trained model's map once every weight is "
                                         "random; the pass/fail check averages |Spearman| over the whole cascade"),
     "infidelity": ("lower", "squared gap between the logit change the map predicts and the real one when random "
                             "patches are replaced by the fill (map rescaled by the best factor)"),
@@ -101,10 +101,10 @@ class Scorecard:
         best = {}
         for metric, (direction, _) in READING.items():
             scored = {m: r[metric] for m, r in rows.items() if r[metric] is not None}
-            if metric == "randomization_spearman":
+            if direction == "closer to 0":
                 scored = {m: abs(v) for m, v in scored.items()}
             if scored:
-                best[metric] = (min if direction == "lower" else max)(scored, key=scored.get)
+                best[metric] = (max if direction == "higher" else min)(scored, key=scored.get)
         return best
 
     def summary(self) -> dict:
