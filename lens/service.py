@@ -552,6 +552,7 @@ class LensService:
         finally:
             with self._lock:
                 data.job = None
+                data.last_used = time.monotonic()  # its result (an export's file) is still on its way out
 
     def cancel(self, sid: str) -> bool:
         """Ask this session's running job to stop; it does at its next step. True if one was running."""

@@ -115,6 +115,22 @@ def test_sessions_expire_and_free_their_analysis(checkpoint, garment):
         service.current(sid)
 
 
+def test_a_job_longer_than_the_ttl_leaves_its_session_a_full_ttl_to_deliver(checkpoint, garment):
+    """An export outlasting the TTL must not have its file swept away before Gradio picks it up."""
+    service = make(checkpoint, session_ttl=0.3)
+    sid = service.open_session()
+    service.analyze(sid, garment)
+    with service.job(sid):
+        time.sleep(0.5)  # the job runs past the TTL: a running job's session is never swept
+        service.sweep()
+        assert service.is_live(sid)
+    service.sweep()  # the job just ended: its result is on its way to the visitor
+    assert service.is_live(sid)
+    time.sleep(0.4)
+    service.sweep()
+    assert not service.is_live(sid)
+
+
 def test_total_memory_cap_evicts_the_least_recently_used(checkpoint, garment):
     service = make(checkpoint)
     first = service.open_session()
