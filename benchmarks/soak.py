@@ -56,9 +56,15 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def tree_size(path: Path) -> tuple[int, int]:
-    """(bytes, files) under `path`; 0, 0 if it does not exist."""
-    files = [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
-    return sum(p.stat().st_size for p in files), len(files)
+    """(bytes, files) under `path`; 0, 0 if it does not exist. Files and folders the server's janitor
+    removes during the walk are skipped (os.walk ignores folders that vanish)."""
+    size = count = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                size += os.stat(os.path.join(root, name)).st_size
+                count += 1
+    return size, count
 
 
 def back_to_start(start: tuple[int, int], end: tuple[int, int]) -> bool:
