@@ -113,19 +113,20 @@ def scorecard_figure(card: Scorecard, label: str | None = None) -> Figure:
     top = 1 - 0.35 / height
     x_cols = [0.02, 0.3, 0.42, 0.54, 0.66, 0.74, 0.86]
     header = ["method", *COLUMNS.values()]
-    header.insert(4, "check")
+    header.insert(4, "check: mean |ρ|")
     for x, text in zip(x_cols, header):
         ax.text(x, top, text, fontsize=8, weight="bold", va="top")
     for r, (method, row) in enumerate(rows, start=1):
         y = top - r * line
         check = "floor" if method == RANDOM else _cell(row["passes_randomization"])
+        check += f" {card.randomization.mean_abs(method):.2f}"  # the number the verdict is taken on
         cells = [method, _cell(row["deletion_auc"]), _cell(row["insertion_auc"]),
                  _cell(row["randomization_spearman"]), check,
                  _cell(row["infidelity"]), _cell(row["sensitivity"])]
         keys = [None, "deletion_auc", "insertion_auc", "randomization_spearman", None, "infidelity", "sensitivity"]
         for x, text, key in zip(x_cols, cells, keys):
             bold = key is not None and best.get(key) == method
-            colour = "firebrick" if text == "FAIL" else ("grey" if method == RANDOM else "black")
+            colour = "firebrick" if text.startswith("FAIL") else ("grey" if method == RANDOM else "black")
             ax.text(x, y, text + (" ★" if bold else ""), fontsize=8, va="top", color=colour,
                     weight="bold" if bold else "normal")
     y = top - (len(rows) + 1.3) * line

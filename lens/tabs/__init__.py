@@ -146,12 +146,13 @@ def heavy(service: LensService, fn: Callable) -> Callable:
     return run
 
 
-def wire_cancel(button: gr.Button, ctx: Context, events: list, api_name: str, what: str) -> None:
+def wire_cancel(button: gr.Button, ctx: Context, events: list, api_name: str) -> None:
     """The Cancel button of a tab's heavy `events`: cancels them in Gradio and sets the session's cancel
-    flag, and tells the visitor what happened ("Cancelled: the <what> stopped." / "No <what> is running.").
+    flag (a session runs one heavy job at a time, whichever tab started it), and tells the visitor so.
     Queued (a message needs the queue) in a lane of its own, so it never waits behind a job."""
     @guarded
     def stop(sid):
-        gr.Info(f"Cancelled: the {what} stopped." if ctx.service.cancel(sid) else f"No {what} is running.")
+        gr.Info("Cancelling your running job: it stops at its next step." if ctx.service.cancel(sid)
+                else "No job of yours is running (or it has just ended).")
 
     button.click(stop, [ctx.session], None, api_name=api_name, cancels=events, concurrency_id="cancel")

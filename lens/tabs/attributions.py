@@ -57,4 +57,4 @@ class AttributionsPart(Part):
         job = heavy(service, run)
         event = self.run.click(job, [ctx.session, self.method, self.steps, self.baseline, self.smooth, self.target],
                                self.attr_img, api_name="attribution", concurrency_id="heavy")
-        wire_cancel(self.stop, ctx, [event], "cancel_attribution", "attribution")
+        wire_cancel(self.stop, ctx, [event], "cancel_attribution")

@@ -30,4 +30,4 @@ class ExportPart(Part):
             return str(service.export(sid, progress=lambda f, what: progress(f, desc=what)))
 
         event = self.run.click(heavy(service, run), [ctx.session], self.file, api_name="export", concurrency_id="heavy")
-        wire_cancel(self.stop, ctx, [event], "cancel_export", "export")
+        wire_cancel(self.stop, ctx, [event], "cancel_export")

@@ -66,4 +66,4 @@ class FaithfulnessPart(Part):
         job = heavy(service, run)
         event = self.run.click(job, [ctx.session, self.fill, self.target], self.outputs, api_name="faithfulness",
                                concurrency_id="heavy")
-        wire_cancel(self.stop, ctx, [event], "cancel_faithfulness", "scorecard")
+        wire_cancel(self.stop, ctx, [event], "cancel_faithfulness")

@@ -362,4 +362,4 @@ class RotaryLabPart(Part):
         job = heavy(ctx.service, sweep)
         event = self.sweep.click(job, [ctx.session], [self.sweep_img, self.sweep_note, self.result_for],
                                  api_name="resolution_sweep", concurrency_id="heavy")
-        wire_cancel(self.stop, ctx, [event], "cancel_sweep", "sweep")
+        wire_cancel(self.stop, ctx, [event], "cancel_sweep")

@@ -238,4 +238,4 @@ class ScenesPart(Part):
         found = self.head_jobs.click(heavy(service, heads), [ctx.session, self.model],
                                      [ctx.session, self.mass_cls, self.mass_patches, self.silenced],
                                      api_name="scene_heads", concurrency_id="heavy")
-        wire_cancel(self.stop, ctx, [scored, found], "cancel_scene_job", "scene job")
+        wire_cancel(self.stop, ctx, [scored, found], "cancel_scene_job")
