@@ -28,6 +28,7 @@ COLUMNS = {  # metric -> column title
 
 def _colours(methods: list[str]) -> dict[str, tuple]:
     table = colormaps["tab20"](np.linspace(0, 1, 20))
+    table = np.concatenate([table[0::2], table[1::2]])  # tab20 pairs a hue with its pale twin: all hues first
     others = [m for m in methods if m != RANDOM]
     colours = {m: tuple(table[i % 20]) for i, m in enumerate(others)}
     colours[RANDOM] = (0.0, 0.0, 0.0, 1.0)
