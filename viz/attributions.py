@@ -8,6 +8,7 @@ against a flat grey, the black background of a Fashion-MNIST image counts as evi
 from __future__ import annotations
 
 import functools
+import math
 import textwrap
 from collections.abc import Callable
 
@@ -120,7 +121,8 @@ def describe(method: str, baseline: str, preprocess: Preprocess, noise_tunnel: b
     side, stride = occlusion_window(image_hw)
     unused = "; the steps do not apply" if steps is not None else ""
     steps = 32 if steps is None else steps  # attribute's default
-    over_copies = " (with SmoothGrad: its mean over the noisy copies)" if _noise_type(noise_tunnel) else ""
+    nt_type = _noise_type(noise_tunnel)
+    over_copies = " (with SmoothGrad: its mean over the noisy copies)" if nt_type else ""
     text = {
         "Integrated Gradients": f"Integrated Gradients from {what} to the input, {steps} steps: the scores add up "
                                 f"to the class logit of the input{over_copies} minus that of the baseline, up to "
@@ -131,7 +133,6 @@ def describe(method: str, baseline: str, preprocess: Preprocess, noise_tunnel: b
         "GradientShap": f"GradientShap, {steps} samples: gradients at random points between {what} and the "
                         f"noised input, times their distance.",
     }[method]
-    nt_type = _noise_type(noise_tunnel)
     if nt_type is not None:
         copies = f"{SMOOTH_COPIES} noisy copies of the input"
         text += {"smoothgrad": f" Averaged over {copies} (SmoothGrad).",
@@ -269,8 +270,8 @@ def _attribute(model, x, target, method, steps, nt_type, batch_size, progress, r
         total, kwargs = steps, {"baselines": single if nt_type else reference, "n_samples": steps, "stdevs": 0.1}
     else:
         window, stride = _occlusion_window(x, occlusion)
-        # captum's count: a last window flush with the far edge where the stride does not divide the rest
-        windows = (-(-(x.shape[-2] - window[1]) // stride[1]) + 1) * (-(-(x.shape[-1] - window[2]) // stride[2]) + 1)
+        # captum's count per axis: a last window flush with the far edge where the stride does not divide the rest
+        windows = math.prod(-(-(n - w) // s) + 1 for n, w, s in zip(x.shape[-2:], window[1:], stride[1:]))
         total, kwargs = windows + 1, {"sliding_window_shapes": window, "strides": stride,
                                       "baselines": single, "perturbations_per_eval": batch_size}
     counted = _Counted(model, total * (SMOOTH_COPIES if nt_type else 1), progress, check)

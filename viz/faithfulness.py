@@ -152,6 +152,13 @@ def _rgb(colour: tuple) -> tuple[int, int, int]:
     return tuple(round(c * 255) for c in colour[:3])
 
 
+def _lines(methods: list[str]) -> list[tuple[str, tuple[int, int, int], dict]]:
+    """(method, colour, Chart.line style) in drawing order: the random floor last, on top, thick and dashed."""
+    colours = _colours(methods)
+    order = [m for m in methods if m != RANDOM] + [RANDOM] * (RANDOM in methods)
+    return [(m, _rgb(colours[m]), {"width": 3, "dash": 6} if m == RANDOM else {"width": 1}) for m in order]
+
+
 def _key(sheet: Sheet, x: int, y: int, title: str, rows: list[tuple[str, tuple, bool]]) -> None:
     """A key, one row per method: a line sample (dashed for the random floor) and its text."""
     sheet.text((x, y), title, 10, bold=True)
@@ -171,7 +178,8 @@ def curves_panel(card: Scorecard, fill: str | None = None, label: str | None = N
     if fill not in card.curves:
         raise ValueError(f"no curves for fill {fill!r}: computed for {', '.join(card.curves)}")
     curves = card.curves[fill]
-    colours = {m: _rgb(c) for m, c in _colours(card.methods).items()}
+    lines = _lines(card.methods)
+    colours = {m: colour for m, colour, _ in lines}
     sheet = Sheet(max(330, 70 + 15 * len(card.methods)), PANEL_WIDTH)
     shares = [(v, f"{v:g}") for v in (0, 0.25, 0.5, 0.75, 1)]
     for i, (kind, values, better) in enumerate((("deletion", curves.deletion, "lower"),
@@ -179,9 +187,8 @@ def curves_panel(card: Scorecard, fill: str | None = None, label: str | None = N
         chart = Chart(sheet, (50 + i * 290, 40, 240, 240), (0, 1), (0, 1.02), shares, ticks(0, 1, 5),
                       xlabel=f"share of patches {'removed' if kind == 'deletion' else 'inserted'}",
                       ylabel=f"p({label})", title=f"{kind} (fill: {fill}); AUC, {better} is better")
-        for method in [m for m in card.methods if m != RANDOM] + [RANDOM] * (RANDOM in card.methods):
-            dashed = method == RANDOM
-            chart.line(curves.fractions, values[method], colours[method], 3 if dashed else 1, dash=6 if dashed else 0)
+        for method, colour, style in lines:
+            chart.line(curves.fractions, values[method], colour, **style)
     ranked = sorted(card.methods, key=curves.insertion_auc, reverse=True)
     _key(sheet, 625, 22, "deletion / insertion AUC, method",
          [(f"{curves.deletion_auc(m):.2f} / {curves.insertion_auc(m):.2f}  {m}", colours[m], m == RANDOM)
@@ -193,7 +200,8 @@ def randomization_panel(card: Scorecard) -> Image.Image:
     """`randomization_figure` drawn with Pillow: each method's Spearman as the model is randomised stage by
     stage, the threshold dotted, the verdicts in the key and the rule under the chart."""
     result = card.randomization
-    colours = {m: _rgb(c) for m, c in _colours(card.methods).items()}
+    lines = _lines(card.methods)
+    colours = {m: colour for m, colour, _ in lines}
     stages = ["trained", *[f"+ {s}" for s in result.stages]]
     sheet = Sheet(max(350, 60 + 15 * len(card.methods)) + 40, PANEL_WIDTH)
     xs = list(range(len(stages)))
@@ -204,11 +212,10 @@ def randomization_panel(card: Scorecard) -> Image.Image:
         px = chart.px(x, -1.02)[0]
         sheet.text((px, 40 + 270 + 4 + 12 * (x % 2)), stage, 9, anchor="ma")
     chart.hline(result.threshold, GREY, f"threshold {result.threshold:g}", dash=2)
-    for method in [m for m in card.methods if m != RANDOM] + [RANDOM] * (RANDOM in card.methods):
+    for method, colour, style in lines:
         ys = [1.0, *result.spearman[method]]
-        dashed = method == RANDOM
-        chart.line(xs, ys, colours[method], 3 if dashed else 1, dash=6 if dashed else 0)
-        chart.dots(xs, ys, colours[method], 2)
+        chart.line(xs, ys, colour, **style)
+        chart.dots(xs, ys, colour, 2)
     _key(sheet, 610, 22, "verdict, mean |ρ|, method",
          [(f"{'floor' if m == RANDOM else ('pass' if result.passes(m) else 'FAIL')}  {result.mean_abs(m):.2f}  {m}",
            colours[m], m == RANDOM) for m in card.methods])

@@ -88,13 +88,15 @@ def write_report(analysis: Analysis, bundle: Bundle, out: Path, *, attributions:
     attributed: dict[str, tuple[str, torch.Tensor, str]] = {}  # name -> (method, map, note): the print SVGs
     if attributions:
         for method in METHODS:
-            def job(method=method, name="attribution_" + method.lower().replace(" ", "_")):
+            name = "attribution_" + method.lower().replace(" ", "_")
+
+            def job(method=method, name=name):
                 attr = attribute(bundle.model, analysis.input.to(bundle.device), top_class, method,
                                  baseline=baseline, preprocess=bundle.preprocess).cpu()
                 note = describe(method, baseline, bundle.preprocess, image_hw=analysis.image.shape[:2])
                 attributed[name] = method, attr, note
                 return attribution_image(analysis.image, attr, f"{method}: {label}", note)
-            jobs["attribution_" + method.lower().replace(" ", "_")] = job
+            jobs[name] = job
     card = None
     if faithfulness:
         tell(0.0, "faithfulness")

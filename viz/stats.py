@@ -145,9 +145,9 @@ def stats_image(stats: dict, grid: tuple[int, int], patch_size: int) -> Image.Im
     layers, heads = distance.shape
     cell = max(34, min(56, 300 // max(layers, heads)))
     max_entropy = float(np.log(grid[0] * grid[1] + 1))
+    top_share = _ceil_1sf(share.max())  # shares are often a few %: a 0-1 scale would be all black
     maps = [_heatmap(entropy, f"Entropy (nats, max {max_entropy:.2f})", "viridis", 0.0, max_entropy, cell),
-            _heatmap(share, f"Share on CLS (scale to {_ceil_1sf(share.max()):g})", "magma", 0.0,
-                     _ceil_1sf(share.max()), cell)]  # shares are often a few %: a 0-1 scale would be all black
+            _heatmap(share, f"Share on CLS (scale to {top_share:g})", "magma", 0.0, top_share, cell)]
     height = max(m.height for m in maps)
     scatter = _scatter(distance, uniform_distance(grid, patch_size), (max(360, 60 * layers), height))
     canvas = Image.new("RGB", (scatter.width + sum(m.width + 16 for m in maps), height), BACKGROUND)
